@@ -1,0 +1,3 @@
+from .tokenizer import MergeVQConfig, MergeVQModel
+
+__all__ = ["MergeVQConfig", "MergeVQModel"]
