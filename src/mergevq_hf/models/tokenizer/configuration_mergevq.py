@@ -23,12 +23,28 @@ PRESETS: dict[str, dict] = {
     ),
     # Tiny random-weight configurations for tests and CPU experiments (32x32 images, 8x8 grid).
     "tiny": dict(
-        resolution=32, ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, num_att_blocks=6, num_heads=4,
-        code_dim=8, num_tokens=36, dist_head_dim=32,
+        resolution=32,
+        ch=32,
+        ch_mult=[1, 1, 2],
+        num_res_blocks=1,
+        num_att_blocks=6,
+        num_heads=4,
+        code_dim=8,
+        num_tokens=36,
+        dist_head_dim=32,
     ),
     "tiny-r": dict(
-        encoder_type="patch", resolution=32, ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, num_att_blocks=6,
-        num_heads=4, patch_embed_dim=64, code_dim=8, num_tokens=36, dist_head_dim=32,
+        encoder_type="patch",
+        resolution=32,
+        ch=32,
+        ch_mult=[1, 1, 2],
+        num_res_blocks=1,
+        num_att_blocks=6,
+        num_heads=4,
+        patch_embed_dim=64,
+        code_dim=8,
+        num_tokens=36,
+        dist_head_dim=32,
     ),
 }
 
@@ -109,7 +125,7 @@ class MergeVQConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "MergeVQConfig":
+    def from_preset(cls, name: str, **overrides) -> MergeVQConfig:
         """A named official variant (``mergevq-g-d32``, ``mergevq-g-d64``, ``mergevq-gr-d32``,
         ``mergevq-gr-d64``, ``mergevq-gr-d96``, ``mergevq-r-vitb``) or a tiny test preset."""
         if name not in PRESETS:

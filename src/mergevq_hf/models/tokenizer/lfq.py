@@ -45,8 +45,12 @@ def commitment_loss(latent: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(latent, hard.detach())
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _bit_log_probs(latent: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    logit = 4.0 * latent.float() / temperature
+    logit = 4.0 * _at_least_fp32(latent) / temperature
     return F.logsigmoid(logit), F.logsigmoid(-logit)
 
 
@@ -83,7 +87,7 @@ def entropy_terms(
     high = _combination_log_probs(log_p1[:, d_low:], log_p0[:, d_low:])  # [N, 2^d_high]
     chunk = max(1, chunk_elements // (num * low.shape[1]))
     log_n = math.log(num)
-    codebook = latent.new_zeros((), dtype=torch.float32)
+    codebook = low.new_zeros(())
     for start in range(0, high.shape[1], chunk):
         part = high[:, start : start + chunk]
         if torch.is_grad_enabled() and latent.requires_grad:
@@ -95,8 +99,8 @@ def entropy_terms(
 
 def entropy_terms_naive(latent: torch.Tensor, temperature: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: the same two entropies with the full [N, 2^D] softmax (small D only)."""
-    flat = latent.reshape(-1, latent.shape[-1]).float()
-    codebook = indices_to_codes(torch.arange(2 ** flat.shape[-1], device=flat.device), flat.shape[-1])
+    flat = _at_least_fp32(latent.reshape(-1, latent.shape[-1]))
+    codebook = indices_to_codes(torch.arange(2 ** flat.shape[-1], device=flat.device), flat.shape[-1], flat.dtype)
     log_probs = torch.log_softmax(2 * flat @ codebook.T / temperature, dim=-1)
     per_sample = -(log_probs.exp() * log_probs).sum(-1).mean()
     avg = log_probs.exp().mean(0)

@@ -8,7 +8,6 @@ Shapes: pixels [B, 3, H, W] in [-1, 1]; L = (H / f)^2 positions; K kept tokens; 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -279,7 +278,10 @@ class MergeVQEncoder(nn.Module):
         hidden = 4 * width
         if config.dist_head == "layer3":
             self.dist_head = nn.Sequential(
-                nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                nn.Linear(width, hidden),
+                nn.GELU(),
+                nn.Linear(hidden, hidden),
+                nn.GELU(),
                 nn.Linear(hidden, config.dist_head_dim),
             )
         elif config.dist_head == "layer2":
@@ -430,7 +432,7 @@ class MergeVQModel(MergeVQPreTrainedModel):
         if not self.min_num_tokens <= num_tokens <= self.config.num_positions:
             raise ValueError(
                 f"num_tokens={num_tokens} is out of range; allowed {self.min_num_tokens}..{self.config.num_positions}"
-                f" (at most L={self.config.num_positions}; {self.config.num_att_blocks} merging blocks can halve at most"
+                f" (at most L; {self.config.num_att_blocks} merging blocks can halve the tokens at most"
                 f" {self.config.num_att_blocks} times)"
             )
         return num_tokens
@@ -466,8 +468,13 @@ class MergeVQModel(MergeVQPreTrainedModel):
         quantized, indices = quantize(latent)
         head = self.encoder.dist_head
         return MergeVQEncoderOutput(
-            indices=indices, source=source, quantized=quantized, latent=latent, token_sizes=sizes,
-            cls_token=cls_token, cls_features=None if head is None else head(cls_token),
+            indices=indices,
+            source=source,
+            quantized=quantized,
+            latent=latent,
+            token_sizes=sizes,
+            cls_token=cls_token,
+            cls_features=None if head is None else head(cls_token),
         )
 
     @staticmethod
@@ -520,9 +527,16 @@ class MergeVQModel(MergeVQPreTrainedModel):
         rec_loss = (reconstruction - pixel_values).abs().mean()
         loss = rec_loss + cfg.commitment_weight * commit + cfg.entropy_weight * entropy
         out = MergeVQModelOutput(
-            loss=loss, reconstruction=reconstruction, indices=enc.indices, source=enc.source,
-            reconstruction_loss=rec_loss, commitment_loss=commit, entropy_loss=entropy,
-            per_sample_entropy=per_sample, codebook_entropy=codebook, cls_features=enc.cls_features,
+            loss=loss,
+            reconstruction=reconstruction,
+            indices=enc.indices,
+            source=enc.source,
+            reconstruction_loss=rec_loss,
+            commitment_loss=commit,
+            entropy_loss=entropy,
+            per_sample_entropy=per_sample,
+            codebook_entropy=codebook,
+            cls_features=enc.cls_features,
         )
         return out if return_dict is not False else out.to_tuple()
 

@@ -1,0 +1,75 @@
+"""``mergevq`` console script: a thin face over the package (parse arguments, call, report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from .defaults import default_tokenizer
+    from .image_utils import EXAMPLE_IMAGE, load_image, make_grid, psnr
+    from .models.tokenizer import MergeVQModel
+
+    tokenizer = MergeVQModel.from_pretrained(args.model).eval() if args.model else default_tokenizer()
+    size = tokenizer.config.resolution
+    paths = args.images or [EXAMPLE_IMAGE]
+    pixels = torch.stack([load_image(p, size) for p in paths])
+    rows, report = [pixels], {"model": args.model or "embedded-default", "images": [str(p) for p in paths]}
+    num_tokens_list = args.num_tokens or [tokenizer.config.num_tokens]
+    with torch.no_grad():
+        for num_tokens in num_tokens_list:
+            enc = tokenizer.encode(pixels, num_tokens=num_tokens)
+            recon = tokenizer.decode(tokenizer.unmerge(enc.indices, enc.source)).clamp(-1, 1)
+            rows.append(recon)
+            report[f"psnr_k{num_tokens}"] = [round(v, 3) for v in psnr(recon, pixels).tolist()]
+    # one column per image: original on top, one row per K below
+    grid = make_grid(torch.cat(rows), ncols=len(paths))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(output)
+    report["output"] = str(output)
+    print(json.dumps(report))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert_official_checkpoint
+
+    model = convert_official_checkpoint(args.checkpoint, args.config, args.output, use_ema=not args.no_ema)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"output": str(args.output), "ema": not args.no_ema, "parameters": n_params}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergevq", description="MergeVQ tokenizer and generators.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("reconstruct", help="encode images into K merged tokens and decode them back (PNG grid)")
+    rec.add_argument("images", nargs="*", help="image files (default: the bundled astronaut photo)")
+    rec.add_argument("--model", help="save_pretrained folder or Hub id (default: the embedded default tokenizer)")
+    rec.add_argument("--num-tokens", "-k", type=int, action="append", help="kept tokens K (repeatable)")
+    rec.add_argument("--output", "-o", default="reconstruction.png", help="PNG grid: originals, then one row per K")
+    rec.set_defaults(func=_reconstruct)
+
+    conv = sub.add_parser("convert-official", help="official Lightning checkpoint + YAML -> save_pretrained folder")
+    conv.add_argument("checkpoint", help="official .ckpt (loaded with weights_only=True) or .safetensors state dict")
+    conv.add_argument("--config", required=True, help="the official LightningCLI YAML of that checkpoint")
+    conv.add_argument("--output", required=True, help="output folder")
+    conv.add_argument("--no-ema", action="store_true", help="take the live weights instead of the EMA copy")
+    conv.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
