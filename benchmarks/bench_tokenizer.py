@@ -1,0 +1,130 @@
+"""Tokenizer throughput at K = L vs merged K, and memory of the exact entropy loss vs the naive formula.
+
+Random weights (speed does not depend on them). All ratios come from one run of this script:
+    python benchmarks/bench_tokenizer.py [--device cuda] [--batch 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import threading
+import time
+
+import psutil
+import torch
+
+from mergevq_hf import MergeVQConfig, MergeVQModel
+from mergevq_hf.models.tokenizer.lfq import entropy_terms, entropy_terms_naive
+
+CASES = [("mergevq-gr-d64", [256, 144]), ("mergevq-g-d64", [1024, 256])]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, repeats):
+    fn()  # warm-up
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def throughput(preset, ks, device, batch, repeats):
+    torch.manual_seed(0)
+    model = MergeVQModel(MergeVQConfig.from_preset(preset)).to(device).eval()
+    pixels = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
+    rows = []
+    with torch.inference_mode():
+        for k in ks:
+            enc = model.encode(pixels, num_tokens=k)
+            codes = model.unmerge(enc.indices, enc.source)
+            t_enc = _time(lambda k=k: model.encode(pixels, num_tokens=k), device, repeats)
+            t_dec = _time(lambda codes=codes: model.decode(codes), device, repeats)
+            rows.append({"preset": preset, "K": k, "encode_img_s": batch / t_enc, "decode_img_s": batch / t_dec})
+    base = rows[0]
+    for row in rows:
+        row["encode_speedup_vs_K=L"] = row["encode_img_s"] / base["encode_img_s"]
+        row["decode_speedup_vs_K=L"] = row["decode_img_s"] / base["decode_img_s"]
+    return rows
+
+
+def _entropy_peak(kind, num_tokens, code_dim, device_name, queue):
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    latent = (torch.randn(num_tokens, code_dim, device=device) * 0.01).requires_grad_()
+    fn = entropy_terms if kind == "bounded" else entropy_terms_naive
+    process, samples, done = psutil.Process(), [], threading.Event()
+
+    def sample_rss():  # CPU: peak resident memory above the level before the call, sampled every 0.5 ms
+        while not done.is_set():
+            samples.append(process.memory_info().rss)
+            time.sleep(0.0005)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = process.memory_info().rss
+        sampler = threading.Thread(target=sample_rss)
+        sampler.start()
+    start = time.perf_counter()
+    per_sample, codebook = fn(latent)
+    (per_sample - codebook).backward()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        done.set()
+        sampler.join()
+        peak = max(samples) - base
+    value = float((per_sample - codebook).detach())
+    queue.put({"kind": kind, "peak_bytes": peak, "seconds": seconds, "value": value})
+
+
+def entropy_memory(num_tokens, code_dim, device):
+    """Forward + backward of (per-sample entropy - codebook entropy), each in a fresh process."""
+    ctx = mp.get_context("spawn")
+    results = {}
+    for kind in ("naive", "bounded"):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_entropy_peak, args=(kind, num_tokens, code_dim, str(device), queue))
+        proc.start()
+        results[kind] = queue.get()
+        proc.join()
+    results["memory_ratio_naive_over_bounded"] = results["naive"]["peak_bytes"] / max(
+        results["bounded"]["peak_bytes"], 1
+    )
+    results["abs_difference"] = abs(results["naive"]["value"] - results["bounded"]["value"])
+    results["speed_ratio_naive_over_bounded"] = results["naive"]["seconds"] / results["bounded"]["seconds"]
+    results["tokens"], results["code_dim"] = num_tokens, code_dim
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--entropy-tokens", type=int, default=4 * 144, help="B*K tokens in the entropy benchmark")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
+    for preset, ks in [] if args.skip_throughput else CASES:
+        for row in throughput(preset, ks, device, args.batch, args.repeats):
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+    print(json.dumps(entropy_memory(args.entropy_tokens, 18, device)))
+
+
+if __name__ == "__main__":
+    main()
