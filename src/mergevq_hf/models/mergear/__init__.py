@@ -1,0 +1,16 @@
+from .cache import MergePruningCache, duplicate_mask
+from .configuration_mergear import PRESETS, MergeARConfig
+from .generation import generate_codes, sample
+from .modeling_mergear import MergeARCausalLMOutput, MergeARForCausalLM, MergeARPreTrainedModel
+
+__all__ = [
+    "PRESETS",
+    "MergeARCausalLMOutput",
+    "MergeARConfig",
+    "MergeARForCausalLM",
+    "MergeARPreTrainedModel",
+    "MergePruningCache",
+    "duplicate_mask",
+    "generate_codes",
+    "sample",
+]

@@ -1,0 +1,225 @@
+"""MergeAR: duplicate rule, masked training forward == cached decoding, pruning cache, generate()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mergevq_hf import MergeARConfig, MergeARForCausalLM, MergePruningCache
+from mergevq_hf.models.mergear import duplicate_mask, generate_codes, sample
+from mergevq_hf.models.mergear.generation import filter_logits
+
+
+def _model(preset="tiny", **overrides):
+    config = MergeARConfig.from_preset(preset, resid_dropout=0.0, ffn_dropout=0.0, token_dropout=0.0, **overrides)
+    return MergeARForCausalLM(config).eval()
+
+
+def _codes_with_duplicates(batch, num_positions, seed=0):
+    """Rows with different duplicate patterns: few distinct codes, many, and runs."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 256, (batch, num_positions), generator=g)
+    codes[0] = torch.randint(0, 5, (num_positions,), generator=g)
+    if batch > 2:
+        codes[2] = torch.randint(0, 40, (num_positions,), generator=g).repeat_interleave(2)[:num_positions]
+    return codes
+
+
+def test_duplicate_mask_matches_definition():
+    codes = torch.tensor([[3, 1, 3, 3, 2, 1], [-1, -1, 5, 5, 6, 5]])
+    expected = torch.tensor([[0, 0, 1, 1, 0, 1], [0, 0, 0, 1, 0, 1]], dtype=torch.bool)
+    assert torch.equal(duplicate_mask(codes), expected)
+    g = torch.Generator().manual_seed(1)
+    rand = torch.randint(0, 7, (4, 50), generator=g)
+    brute = torch.tensor([[rand[b, j].item() in rand[b, :j].tolist() for j in range(50)] for b in range(4)])
+    assert torch.equal(duplicate_mask(rand), brute)
+
+
+def test_training_mask_rule():
+    codes = torch.tensor([[-1, -1, 4, 4, 7, 4]])
+    mask = MergeARForCausalLM.training_mask(codes)[0, 0]
+    # query 5 (a duplicate of 4) sees start tokens, first 4 (pos 2), 7 (pos 4) and itself, not pos 3
+    assert mask[5].tolist() == [True, True, True, False, True, True]
+    assert mask[3].tolist() == [True, True, True, True, False, False]  # sees itself, nothing later
+    assert not mask.triu(1).any()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-factorized"])
+def test_masked_forward_equals_cached_decoding(preset):
+    model = _model(preset)
+    num_positions = model.config.num_positions
+    codes = _codes_with_duplicates(3, num_positions)
+    ids = model.build_inputs(codes, [1, 2, 10], [10, 20, 64])
+    with torch.no_grad():
+        full = model(input_ids=ids).factor_logits
+        cache = model.new_cache()
+        steps = [model(input_ids=ids[:, :2], past_key_values=cache, logits_to_keep=1).factor_logits]
+        for t in range(2, num_positions + 2):
+            steps.append(model(input_ids=ids[:, t : t + 1], past_key_values=cache).factor_logits)
+        chunked_cache, chunks = model.new_cache(initial_capacity=3), []
+        for a, b in [(0, 5), (5, 6), (6, 31), (31, num_positions + 2)]:  # multi-token steps with duplicates
+            chunks.append(model(input_ids=ids[:, a:b], past_key_values=chunked_cache).factor_logits)
+    for f in range(len(full)):
+        stepwise = torch.cat([s[f][:, -1:] for s in steps], dim=1)
+        torch.testing.assert_close(stepwise, full[f][:, 1:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.cat([c[f] for c in chunks], dim=1), full[f], atol=1e-5, rtol=0)
+    distinct = torch.tensor([len(set(row.tolist())) for row in codes])
+    assert torch.equal(cache.num_stored, 2 + distinct), "stores exactly start tokens + distinct codes"
+    assert torch.equal(chunked_cache.num_stored, 2 + distinct)
+    assert cache.seen_tokens == num_positions + 2
+
+
+def test_no_duplicates_equals_dense_cache_and_dense_forward():
+    model = _model()
+    num_positions = model.config.num_positions
+    codes = torch.stack([torch.randperm(256)[:num_positions] for _ in range(2)])
+    ids = model.build_inputs(codes, [0, 5], [64, 30])
+    with torch.no_grad():
+        dense_causal = model(input_ids=ids).logits  # no duplicates: the training mask is plain causal
+        results = []
+        for prune in (True, False):
+            cache = model.new_cache(prune=prune)
+            out = [model(input_ids=ids[:, :1], past_key_values=cache).logits]
+            out += [model(input_ids=ids[:, t : t + 1], past_key_values=cache).logits for t in range(1, ids.shape[1])]
+            results.append(torch.cat(out, 1))
+    torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(results[0], dense_causal, atol=1e-5, rtol=0)
+    assert (
+        MergeARForCausalLM.training_mask(model._codes_of(ids))
+        .squeeze(1)
+        .equal(torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril().expand(2, -1, -1))
+    )
+
+
+def test_dense_cache_stores_everything_and_pruned_cache_is_smaller():
+    model = _model()
+    codes = _codes_with_duplicates(2, 64)
+    ids = model.build_inputs(codes, [1, 2], [8, 8])
+    pruned, dense = model.new_cache(prune=True), model.new_cache(prune=False, initial_capacity=66)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=pruned)
+        model(input_ids=ids, past_key_values=dense)
+    assert dense.num_stored.tolist() == [66, 66]
+    assert pruned.kv_bytes(allocated=False) < dense.kv_bytes(allocated=False)
+    assert pruned.kv_bytes() <= dense.kv_bytes()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-factorized"])
+def test_generate_matches_own_loop_greedy(preset):
+    model = _model(preset)
+    labels, counts = [1, 2, 3], [10, 20, 64]
+    cache = model.new_cache()
+    out = model.generate(
+        input_ids=model.prompt_ids(labels, counts),
+        past_key_values=cache,
+        do_sample=False,
+        max_new_tokens=model.config.num_positions,
+        min_new_tokens=model.config.num_positions,
+    )
+    own_cache = model.new_cache()
+    ours = generate_codes(model, labels, counts, temperature=0, cache=own_cache)
+    assert torch.equal(out[:, 2:], ours)
+    expected = torch.tensor([2 + len(set(row[:-1].tolist())) for row in ours])  # last code is never fed
+    assert torch.equal(cache.num_stored, expected) and torch.equal(own_cache.num_stored, expected)
+
+
+def test_cfg_and_per_sample_seeds_independent_of_batch():
+    model = _model()
+    labels = [3, 1, 4, 1]
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batch = generate_codes(
+        model, labels, 16, guidance_scale=3.0, temperature=1.0, top_k=50, generators=gens([7, 8, 9, 10])
+    )
+    single = generate_codes(model, [4], 16, guidance_scale=3.0, temperature=1.0, top_k=50, generators=gens([9]))
+    assert torch.equal(batch[2:3], single)
+    other_seed = generate_codes(model, [4], 16, guidance_scale=3.0, temperature=1.0, top_k=50, generators=gens([99]))
+    assert not torch.equal(other_seed, single)
+    # guidance changes the distribution: greedy codes differ from unguided greedy for some sample
+    guided = generate_codes(model, labels, 16, guidance_scale=4.0, temperature=0)
+    plain = generate_codes(model, labels, 16, guidance_scale=1.0, temperature=0)
+    assert not torch.equal(guided, plain)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True, True]]
+    probs = logits.softmax(-1)[0]
+    kept = ~torch.isinf(filter_logits(logits, top_p=float(probs[0] + 0.01)))
+    assert kept.tolist() == [[True, True, False, False, False]]
+    draws = torch.stack([sample(logits, 1.0, top_k=2) for _ in range(300)])
+    assert set(draws.unique().tolist()) == {0, 1}
+    freq0 = (draws == 0).float().mean()
+    expected = probs[0] / (probs[0] + probs[1])
+    assert abs(freq0 - expected) < 0.1
+
+
+@pytest.mark.parametrize("drop_prob", [0.0, 1.0])
+def test_training_loss_and_label_dropout(drop_prob):
+    model = _model("tiny-factorized", class_dropout_prob=drop_prob).train()
+    codes = _codes_with_duplicates(4, 64)
+    loss = model.training_loss(codes, [1, 2, 3, 4], [16, 16, 36, 64])
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert model.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
+    grad = model.class_embedding.weight.grad.abs().sum(-1)
+    null_class = model.config.num_classes
+    if drop_prob == 1.0:  # every label replaced by the null class
+        assert grad[null_class] > 0 and grad[:null_class].sum() == 0
+    else:
+        assert grad[null_class] == 0 and (grad[[1, 2, 3, 4]] > 0).all()
+
+
+def test_bad_inputs():
+    model = _model()
+    with pytest.raises(ValueError, match="class labels"):
+        model.prompt_ids([11], 4)
+    with pytest.raises(ValueError, match="num_tokens"):
+        model.prompt_ids([1], 65)
+    with pytest.raises(ValueError, match="input_ids must be in"):
+        model(input_ids=torch.tensor([[10**6]]))
+    with pytest.raises(TypeError, match="MergePruningCache"):
+        from transformers import DynamicCache
+
+        model(input_ids=torch.tensor([[300, 320]]), past_key_values=DynamicCache())
+    with pytest.raises(ValueError, match="factorized_bits"):
+        MergeARConfig(code_dim=8, factorized_bits=[3, 4])
+
+
+def test_save_load_and_remote_code(tmp_path):
+    model = _model("tiny-factorized")
+    model.save_pretrained(tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert isinstance(loaded, MergeARForCausalLM)
+    ref = generate_codes(model, [1, 2], 20, temperature=0)
+    assert torch.equal(generate_codes(loaded, [1, 2], 20, temperature=0), ref)
+    torch.save({"ref": ref}, tmp_path / "ref.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["mergevq_hf"] = None
+        import torch
+        from transformers import AutoModelForCausalLM
+        m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "m")!r}, trust_remote_code=True).eval()
+        cache_cls = type(m.new_cache())
+        assert "transformers_modules" in cache_cls.__module__
+        out = m.generate(input_ids=m.prompt_ids([1, 2], 20), past_key_values=m.new_cache(), do_sample=False,
+                         max_new_tokens=64, min_new_tokens=64)
+        assert torch.equal(out[:, 2:], torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)["ref"])
+        print("REMOTE_OK")
+    """)
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_cache_is_a_transformers_cache():
+    from transformers.cache_utils import Cache
+
+    assert issubclass(MergePruningCache, Cache)
