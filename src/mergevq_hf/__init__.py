@@ -1,16 +1,35 @@
 """mergevq_hf: MergeVQ (CVPR 2025) in the Hugging Face ecosystem."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .models.mergear import MergeARConfig, MergeARForCausalLM, MergePruningCache
+from .models.source_recovery import SourceRecoveryConfig, SourceRecoveryModel, SourceRecoveryOutput
 from .models.tokenizer import MergeVQConfig, MergeVQEncoderOutput, MergeVQModel, MergeVQModelOutput
 
 __version__ = "0.1.0"
 
-AutoConfig.register(MergeVQConfig.model_type, MergeVQConfig, exist_ok=True)
-AutoModel.register(MergeVQConfig, MergeVQModel, exist_ok=True)
-# save_pretrained also writes the model files + auto_map, so a saved folder loads as Hub remote code
-# (AutoModel.from_pretrained(dir, trust_remote_code=True)) where mergevq_hf is not installed.
-MergeVQConfig.register_for_auto_class()
-MergeVQModel.register_for_auto_class("AutoModel")
+for _config, _model, _auto in (
+    (MergeVQConfig, MergeVQModel, AutoModel),
+    (SourceRecoveryConfig, SourceRecoveryModel, AutoModel),
+    (MergeARConfig, MergeARForCausalLM, AutoModelForCausalLM),
+):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    _auto.register(_config, _model, exist_ok=True)
+    # save_pretrained also writes the model files + auto_map, so a saved folder loads as Hub remote code
+    # (Auto*.from_pretrained(dir, trust_remote_code=True)) where mergevq_hf is not installed.
+    _config.register_for_auto_class()
+    _model.register_for_auto_class(_auto.__name__)
 
-__all__ = ["MergeVQConfig", "MergeVQEncoderOutput", "MergeVQModel", "MergeVQModelOutput", "__version__"]
+__all__ = [
+    "MergeARConfig",
+    "MergeARForCausalLM",
+    "MergePruningCache",
+    "MergeVQConfig",
+    "MergeVQEncoderOutput",
+    "MergeVQModel",
+    "MergeVQModelOutput",
+    "SourceRecoveryConfig",
+    "SourceRecoveryModel",
+    "SourceRecoveryOutput",
+    "__version__",
+]
