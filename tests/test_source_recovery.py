@@ -302,3 +302,36 @@ def test_learns_the_source_of_a_real_tokenizer():
     assert baseline < 0.4 and start_accuracy < 0.4
     assert accuracy > 0.75 and accuracy > baseline + 0.45, (baseline, accuracy)
     assert final_loss < 0.5 * first_loss, (first_loss, final_loss)
+
+
+def test_tokenizer_decode_uses_given_or_attached_source_recovery():
+    """decode(indices_K) without a source asks the source-recovery model, given or attached; with a
+    recovery model that predicts the true source it equals decoding with the true source."""
+    from mergevq_hf import MergeVQConfig, MergeVQModel
+
+    tokenizer = MergeVQModel(MergeVQConfig.from_preset("tiny")).eval()
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        enc = tokenizer.encode(pixels, num_tokens=12)
+        reference = tokenizer.decode(enc.indices, source=enc.source)
+
+    class Oracle(torch.nn.Module):  # stands in for a perfectly trained SourceRecoveryModel
+        def __init__(self, source):
+            super().__init__()
+            self.source, self.calls = source, 0
+
+        def predict_source(self, quantized):
+            self.calls += 1
+            assert quantized.shape == (2, 12, tokenizer.config.code_dim)
+            return self.source
+
+    oracle = Oracle(enc.source)
+    with torch.no_grad():
+        torch.testing.assert_close(tokenizer.decode(enc.indices, source_recovery=oracle), reference)
+        tokenizer.attach_source_recovery(oracle)
+        torch.testing.assert_close(tokenizer.decode(enc.indices), reference)
+    assert oracle.calls == 2
+    assert not any("source" in name for name in tokenizer.state_dict())
+    real = SourceRecoveryModel(tiny_config(code_dim=tokenizer.config.code_dim, num_positions=64)).eval()
+    with torch.no_grad():
+        assert tokenizer.decode(enc.indices, source_recovery=real).shape == pixels.shape

@@ -46,6 +46,43 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_codes(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models.tokenizer import MergeVQModel
+    from .training.codes import extract_codes
+    from .training.data import DataConfig, make_dataloader
+    from .training.merge_sampling import MergeRatioSampler
+
+    tokenizer = MergeVQModel.from_pretrained(args.tokenizer).eval()
+    if args.device:
+        tokenizer = tokenizer.to(torch.device(args.device))
+    size = tokenizer.config.resolution
+    data = DataConfig(
+        dataset=args.dataset,
+        split=args.split,
+        image_column=args.image_column,
+        label_column=args.label_column or None,
+        resolution=size,
+        crop="center",
+        random_flip=False,
+        alignment_views=False,
+        shuffle=False,
+        seed=args.seed,
+    )
+    sampler = MergeRatioSampler(
+        kind=args.sampler,
+        base=args.base,
+        direction=args.direction,
+        num_candidates=args.num_candidates,
+        num_positions=tokenizer.config.num_positions,
+    )
+    loader = make_dataloader(data, batch_size=args.batch_size, num_workers=args.num_workers)
+    written = extract_codes(tokenizer, loader, args.output, sampler, args.max_examples, args.seed, args.output_split)
+    print(json.dumps({"output": str(args.output), "examples": written, "candidates_K": sampler.candidates()}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergevq", description="MergeVQ tokenizer and generators.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--output", required=True, help="output folder")
     conv.add_argument("--no-ema", action="store_true", help="take the live weights instead of the EMA copy")
     conv.set_defaults(func=_convert)
+
+    ext = sub.add_parser("extract-codes", help="encode an image dataset into MergeVQ code maps (parquet) for stage 2")
+    ext.add_argument("--tokenizer", required=True, help="MergeVQ save_pretrained folder or Hub id")
+    ext.add_argument("--dataset", default="ILSVRC/imagenet-1k", help="Hub id or local parquet/imagefolder path")
+    ext.add_argument("--split", default="train")
+    ext.add_argument("--output-split", default="train", help="name of the written shards (train-*.parquet)")
+    ext.add_argument("--image-column", default="image")
+    ext.add_argument("--label-column", default="label", help="empty for unlabeled data")
+    ext.add_argument("--output", required=True)
+    ext.add_argument("--sampler", default="fixed", choices=["fixed", "exponential", "gaussian", "official"])
+    ext.add_argument("--base", type=int, default=12, help="K = (base + direction*T)^2; fixed: K = base^2")
+    ext.add_argument("--direction", type=int, default=1, choices=[1, -1])
+    ext.add_argument("--num-candidates", type=int, default=6)
+    ext.add_argument("--batch-size", type=int, default=32)
+    ext.add_argument("--num-workers", type=int, default=0)
+    ext.add_argument("--max-examples", type=int)
+    ext.add_argument("--device", help="e.g. cuda")
+    ext.add_argument("--seed", type=int, default=0)
+    ext.set_defaults(func=_extract_codes)
     return parser
 
 

@@ -489,22 +489,36 @@ class MergeVQModel(MergeVQPreTrainedModel):
         """Dense 0/1 source matrix S [B, K, L] from the group ids ``source`` [B, L]."""
         return source_to_matrix(source, num_tokens)
 
-    def decode(self, codes: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode a per-position code map ``codes`` [B, L] (or K codes with their ``source`` [B, L])
-        into pixels [B, C, H, W] (not clamped)."""
+    def attach_source_recovery(self, model) -> None:
+        """Use ``model`` (a ``SourceRecoveryModel``) in :meth:`decode` when K codes come without a source.
+        Kept outside this module's parameters, so the tokenizer's checkpoint stays the tokenizer's alone."""
+        object.__setattr__(self, "_source_recovery", model)
+
+    def decode(self, codes: torch.Tensor, source: torch.Tensor | None = None, source_recovery=None) -> torch.Tensor:
+        """Decode codes into pixels [B, C, H, W] (not clamped).
+
+        codes: a per-position code map [B, L]; or K codes [B, K] with their ``source`` [B, L]; or K codes alone,
+        whose source is then predicted by ``source_recovery`` (or the attached one, see
+        :meth:`attach_source_recovery`), as in random-order generation.
+        """
         self._check_codes(codes, "codes")
+        num_positions = self.config.num_positions
+        recovery = source_recovery or getattr(self, "_source_recovery", None)
+        if source is None and codes.shape[1] != num_positions and recovery is not None:
+            quantized = indices_to_codes(codes.long(), self.config.code_dim, dtype=self.decoder.conv_in.weight.dtype)
+            source = recovery.predict_source(quantized)
         if source is not None:
             self._check_codes(source, "source")
-            if source.shape[1] != self.config.num_positions or source.max() >= codes.shape[1]:
+            if source.shape[1] != num_positions or source.max() >= codes.shape[1]:
                 raise ValueError(
-                    f"source must be [B, {self.config.num_positions}] with values < {codes.shape[1]} (K), "
+                    f"source must be [B, {num_positions}] with values < {codes.shape[1]} (K), "
                     f"got shape {tuple(source.shape)} and max {int(source.max())}"
                 )
             codes = self.unmerge(codes, source)
-        if codes.shape[1] != self.config.num_positions:
+        if codes.shape[1] != num_positions:
             raise ValueError(
-                f"codes has {codes.shape[1]} positions; decode needs L={self.config.num_positions} "
-                "(pass source= to unmerge K tokens)"
+                f"codes has {codes.shape[1]} positions; decode needs L={num_positions} "
+                "(pass source= to unmerge K tokens, or a source_recovery model)"
             )
         quantized = indices_to_codes(codes.long(), self.config.code_dim, dtype=self.decoder.conv_in.weight.dtype)
         return self.decode_quantized(quantized)

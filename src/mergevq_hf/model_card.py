@@ -1,0 +1,61 @@
+"""Model cards written from the ``model_cards/`` templates with ``huggingface_hub.ModelCardData``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+FALLBACK = (
+    "---\n{{ card_data }}\n---\n\n# {{ model_name }}\n\n## Evaluation protocol\n\n{{ evaluation }}\n\n"
+    "## Training\n\n{{ training }}\n"
+)
+TAGS = {
+    "mergevq": ["mergevq", "image-tokenizer", "vector-quantization"],
+    "mergear": ["mergevq", "mergear", "class-conditional-image-generation"],
+}
+
+
+def _as_text(value) -> str:
+    if value is None:
+        return "Not evaluated yet."
+    if isinstance(value, str):
+        return value
+    return "```json\n" + json.dumps(value, indent=2, default=str) + "\n```"
+
+
+def write_model_card(
+    folder: str | Path,
+    kind: str,
+    repo_id: str | None = None,
+    evaluation=None,
+    training=None,
+    datasets: list[str] | None = None,
+    metrics: list[str] | None = None,
+) -> ModelCard:
+    """Render ``model_cards/{kind}.md`` for the model saved in ``folder`` and write ``folder/README.md``."""
+    if kind not in TAGS:
+        raise ValueError(f"model card kind {kind!r}; allowed: {sorted(TAGS)}")
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    card_data = ModelCardData(
+        library_name="mergevq_hf", tags=TAGS[kind], datasets=datasets, metrics=metrics, license="apache-2.0"
+    )
+    template = TEMPLATES / f"{kind}.md"
+    fields = dict(
+        model_name=repo_id or folder.name,
+        repo_id=repo_id or str(folder),
+        evaluation=_as_text(evaluation),
+        training=_as_text(training),
+        num_tokens=config.get("num_tokens", config.get("num_positions", "K")),
+        code_dim=config.get("code_dim", 18),
+        num_positions=config.get("num_positions", "L"),
+    )
+    if template.exists():
+        card = ModelCard.from_template(card_data, template_path=str(template), **fields)
+    else:  # installed from a wheel: the templates live in the repository
+        card = ModelCard.from_template(card_data, template_str=FALLBACK, **fields)
+    card.save(folder / "README.md")
+    return card
