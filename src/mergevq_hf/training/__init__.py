@@ -1,0 +1,21 @@
+"""Training: data streaming and augmentation (losses, discriminator, EMA and loops live beside it)."""
+
+from .data import (
+    DataConfig,
+    RobustImageStream,
+    build_local_dataset,
+    decode_image,
+    load_image_stream,
+    make_dataloader,
+    open_image,
+)
+
+__all__ = [
+    "DataConfig",
+    "RobustImageStream",
+    "build_local_dataset",
+    "decode_image",
+    "load_image_stream",
+    "make_dataloader",
+    "open_image",
+]
