@@ -1,0 +1,215 @@
+"""Train (or fine-tune) a MergeVQ tokenizer with Accelerate on images streamed by ``datasets``.
+
+    accelerate launch examples/train_tokenizer.py --dataset ILSVRC/imagenet-1k --preset mergevq-gr-d64 \
+        --output-dir runs/tokenizer --batch-size 16 --max-steps 500000 --merge-sampler gaussian --merge-base 12
+    # offline, on the local real data written by examples/make_local_dataset.py:
+    python examples/train_tokenizer.py --dataset data/photos --preset tiny --output-dir runs/tiny --max-steps 300
+
+Reads top to bottom: arguments -> model (+ EMA) -> optimizer -> data (sharded per process) -> prepare ->
+(resume) -> one loop: sample K per step, loss, backward, clip, step, EMA, log to ``metrics.jsonl``,
+evaluate PSNR/codebook usage on held-out data, reconstruction grids as PNG, atomic checkpoints with
+``--total-limit``; finally the EMA weights exported with ``save_pretrained`` and a model card.
+Current loss: L1 + LFQ commitment + entropy (the tokenizer's own terms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from mergevq_hf import MergeVQConfig, MergeVQModel
+from mergevq_hf.evaluation import evaluate_reconstruction
+from mergevq_hf.image_utils import make_grid
+from mergevq_hf.model_card import write_model_card
+from mergevq_hf.training.data import DataConfig, make_dataloader
+from mergevq_hf.training.ema import EMAModel
+from mergevq_hf.training.merge_sampling import MergeRatioSampler
+from mergevq_hf.training.trainer_utils import MetricsLogger, TrainingState, resume_from, save_checkpoint, step_drop_lr
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ILSVRC/imagenet-1k", help="Hub id or local parquet/imagefolder folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--eval-split", default="test", help="held-out split of --dataset ('' to skip evaluation)")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--shuffle-buffer", type=int, default=1000)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--preset", default="mergevq-gr-d64")
+    p.add_argument("--config-overrides", default="{}", help="JSON dict of MergeVQConfig fields")
+    p.add_argument("--init-from", help="pretrained tokenizer folder or Hub id to fine-tune")
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-drop-steps", type=int, nargs="*", default=[])
+    p.add_argument("--betas", type=float, nargs=2, default=(0.5, 0.9))
+    p.add_argument("--max-grad-norm", type=float, default=0.0, help="0 disables clipping")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--merge-sampler", default="fixed", choices=["fixed", "exponential", "gaussian", "official"])
+    p.add_argument("--merge-base", type=int, help="K = (base + direction*T)^2 (default: sqrt of the config's K)")
+    p.add_argument("--merge-direction", type=int, default=1, choices=[1, -1])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--total-limit", type=int, default=3)
+    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--report-to", default=None)
+    return p.parse_args(argv)
+
+
+def create_model(args) -> MergeVQModel:
+    if args.init_from:
+        return MergeVQModel.from_pretrained(args.init_from)
+    return MergeVQModel(MergeVQConfig.from_preset(args.preset, **json.loads(args.config_overrides)))
+
+
+def create_dataloader(args, config: MergeVQConfig, accelerator, split: str, train: bool):
+    data = DataConfig(
+        dataset=args.dataset,
+        split=split,
+        image_column=args.image_column,
+        label_column=args.label_column or None,
+        resolution=config.resolution,
+        crop="random_resized" if train else "center",
+        random_flip=train,
+        alignment_views=False,
+        shuffle=train,
+        shuffle_buffer=args.shuffle_buffer,
+        seed=args.seed,
+    )
+    rank, world = (accelerator.process_index, accelerator.num_processes) if train else (0, 1)
+    return make_dataloader(data, args.batch_size, rank, world, num_workers=args.num_workers, drop_last=train)
+
+
+def batches_from(loader, epoch: int, skip: int):
+    """The loader's batches for ``epoch``; the first ``skip`` are drawn and dropped (exact resume)."""
+    loader.dataset.set_epoch(epoch)
+    for i, batch in enumerate(loader):
+        if i >= skip:
+            yield batch
+
+
+@torch.no_grad()
+def save_reconstructions(model, batch, num_tokens, path):
+    pixels = batch["pixel_values"][:8].to(model.device)
+    enc = model.encode(pixels, num_tokens=num_tokens)
+    recon = model.decode(model.unmerge(enc.indices, enc.source)).clamp(-1, 1)
+    make_grid(torch.cat([pixels, recon]), ncols=pixels.shape[0]).save(path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output)),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(args.seed, device_specific=True)
+    model = create_model(args)
+    config = model.config
+    ema = EMAModel(model, decay=args.ema_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
+    base = args.merge_base or round(config.num_tokens**0.5)
+    sampler = MergeRatioSampler(
+        args.merge_sampler, base=base, direction=args.merge_direction, num_positions=config.num_positions
+    )
+    train_loader = create_dataloader(args, config, accelerator, args.split, train=True)
+    eval_loader = (
+        create_dataloader(args, config, accelerator, args.eval_split, train=False) if args.eval_split else None
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)  # the loader is sharded per process already
+    ema.shadow.to(accelerator.device)
+    state = TrainingState()
+    accelerator.register_for_checkpointing(state, ema)
+    if args.report_to:
+        accelerator.init_trackers("mergevq-tokenizer", config=vars(args))
+    resumed = resume_from(accelerator, output, args.resume)
+    if resumed:
+        accelerator.print(f"resumed from {resumed} at step {state.step}")
+    logger = MetricsLogger(accelerator, output / "metrics.jsonl")
+
+    model.train()
+    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="tokenizer")
+    while state.step < args.max_steps:
+        for batch in batches_from(train_loader, state.epoch, state.step_in_epoch):
+            state.step_in_epoch += 1
+            pixels = batch["pixel_values"].to(accelerator.device)
+            step_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + state.step)
+            num_tokens = int(sampler.sample(1, generator=step_generator, step=state.step)[0])
+            with accelerator.accumulate(model):
+                out = model(pixels, num_tokens=num_tokens)
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                for group in optimizer.param_groups:
+                    group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            ema.update(accelerator.unwrap_model(model))
+            state.step += 1
+            progress.update(1)
+            if state.step % args.log_every == 0:
+                terms = torch.stack([out.loss, out.reconstruction_loss, out.commitment_loss, out.entropy_loss]).detach()
+                terms = accelerator.reduce(terms, reduction="mean")
+                logger.log(
+                    dict(
+                        zip(["loss", "l1", "commitment", "entropy"], terms.tolist()),
+                        num_tokens=num_tokens,
+                        lr=optimizer.param_groups[0]["lr"],
+                        epoch=state.epoch,
+                    ),
+                    step=state.step,
+                )
+                progress.set_postfix(loss=f"{terms[0].item():.4f}")
+            if eval_loader is not None and state.step % args.eval_every == 0 and accelerator.is_main_process:
+                metrics = evaluate_reconstruction(ema.shadow, eval_loader, max_batches=args.eval_batches)
+                logger.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+                (output / "reconstructions").mkdir(parents=True, exist_ok=True)
+                save_reconstructions(
+                    ema.shadow, batch, config.num_tokens, output / f"reconstructions/step-{state.step}.png"
+                )
+            if state.step % args.save_every == 0 or state.step == args.max_steps:
+                save_checkpoint(accelerator, output, state.step, args.total_limit)
+            if state.step >= args.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.step_in_epoch = 0
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ema.shadow.save_pretrained(output / "final")
+        evaluation = None
+        if eval_loader is not None:
+            evaluation = evaluate_reconstruction(ema.shadow, eval_loader, max_batches=args.eval_batches)
+            evaluation = {"held_out": f"{args.dataset}:{args.eval_split}", "K": config.num_tokens, **evaluation}
+        write_model_card(
+            output / "final",
+            "mergevq",
+            evaluation=evaluation,
+            training={"steps": state.step, **vars(args)},
+            datasets=[args.dataset] if "/" in args.dataset and not Path(args.dataset).exists() else None,
+        )
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

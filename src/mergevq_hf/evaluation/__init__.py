@@ -1,0 +1,3 @@
+from .reconstruction import codebook_usage, evaluate_reconstruction
+
+__all__ = ["codebook_usage", "evaluate_reconstruction"]

@@ -1,0 +1,148 @@
+"""End-to-end runs of the examples on local real data: code extraction, MergeAR and tokenizer training,
+checkpoint + exact resume."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mergevq_hf import MergeVQConfig, MergeVQModel
+from mergevq_hf.cli import main as cli_main
+from mergevq_hf.training.codes import load_codes
+from mergevq_hf.training.data import DataConfig, build_local_dataset, make_dataloader
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    build_local_dataset("digits", root, size=32, num_per_image=12, format="parquet", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tok")
+    MergeVQModel(MergeVQConfig.from_preset("tiny")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def codes_dir(digits, tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("codes")
+    assert (
+        cli_main(
+            [
+                "extract-codes",
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--dataset",
+                str(digits),
+                "--output",
+                str(out),
+                "--sampler",
+                "gaussian",
+                "--base",
+                "5",
+                "--num-candidates",
+                "3",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_extracted_codes_match_the_tokenizer(codes_dir, digits, tokenizer_dir):
+    codes = load_codes(codes_dir)
+    config = DataConfig(
+        dataset=str(digits), crop="center", random_flip=False, alignment_views=False, shuffle=False, resolution=32
+    )
+    batches = list(make_dataloader(config, batch_size=16))
+    assert len(codes) == sum(len(b["label"]) for b in batches)
+    assert set(codes.column_names) >= {"codes", "num_tokens", "label"}
+    assert set([int(k) for k in codes["num_tokens"]]) <= {16, 25, 36}
+    assert len(set([int(k) for k in codes["num_tokens"]])) > 1, "K is sampled per example"
+    tokenizer = MergeVQModel.from_pretrained(tokenizer_dir).eval()
+    batch = batches[0]
+    for i in range(4):
+        k = int(codes[i]["num_tokens"])
+        with torch.no_grad():
+            enc = tokenizer.encode(batch["pixel_values"][i : i + 1], num_tokens=k)
+        assert torch.equal(tokenizer.unmerge(enc.indices, enc.source)[0], codes[i]["codes"])
+        assert int(codes[i]["label"]) == int(batch["label"][i])
+
+
+def test_train_mergear_resumes_exactly(codes_dir, tmp_path):
+    train = _example("train_mergear").main
+    common = [
+        "--codes",
+        str(codes_dir),
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "8",
+        "--save-every",
+        "3",
+        "--log-every",
+        "1",
+        "--config-overrides",
+        '{"num_classes": 10}',
+    ]
+    train([*common, "--output-dir", str(tmp_path / "straight"), "--max-steps", "6"])
+    train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "3"])
+    train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "6", "--resume", "latest"])
+    a = load_file(tmp_path / "straight/final/model.safetensors")
+    b = load_file(tmp_path / "resumed/final/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = load_file(tmp_path / "resumed/checkpoints/step-3/model.safetensors")
+    assert not all(torch.equal(a[k], fresh[k]) for k in a), "training moved the weights"
+    assert (tmp_path / "straight/final/README.md").read_text().count("mergevq_hf") >= 1
+    lines = (tmp_path / "straight/metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+
+
+def test_train_tokenizer_resumes_exactly(digits, tmp_path):
+    train = _example("train_tokenizer").main
+    common = [
+        "--dataset",
+        str(digits),
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "8",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "100",
+        "--merge-sampler",
+        "exponential",
+        "--merge-base",
+        "6",
+        "--merge-direction",
+        "-1",
+        "--shuffle-buffer",
+        "32",
+    ]
+    train([*common, "--output-dir", str(tmp_path / "straight"), "--max-steps", "4"])
+    train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "2"])
+    train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "4", "--resume", "latest"])
+    a = load_file(tmp_path / "straight/final/model.safetensors")
+    b = load_file(tmp_path / "resumed/final/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["step-2", "step-4"]
