@@ -168,12 +168,15 @@ def main(argv=None):
             if state.step % args.log_every == 0:
                 terms = torch.stack([out.loss, out.reconstruction_loss, out.commitment_loss, out.entropy_loss]).detach()
                 terms = accelerator.reduce(terms, reduction="mean")
+                stats = train_loader.dataset.stats  # this process's decoding stats (per worker if num_workers > 0)
                 logger.log(
                     dict(
                         zip(["loss", "l1", "commitment", "entropy"], terms.tolist()),
                         num_tokens=num_tokens,
                         lr=optimizer.param_groups[0]["lr"],
                         epoch=state.epoch,
+                        data_skipped_corrupt=stats["skipped_corrupt"],
+                        data_converted=stats["converted_mode"],
                     ),
                     step=state.step,
                 )

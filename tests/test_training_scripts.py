@@ -146,3 +146,50 @@ def test_train_tokenizer_resumes_exactly(digits, tmp_path):
     b = load_file(tmp_path / "resumed/final/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["step-2", "step-4"]
+
+
+def test_training_survives_a_messy_stream(tmp_path):
+    """A truncated file, a grayscale and a CMYK image in the stream: training goes on, the bad file is skipped
+    and counted in metrics.jsonl, the others are converted and counted."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    folder, other = tmp_path / "messy" / "train" / "000_things", tmp_path / "messy" / "train" / "001_stuff"
+    folder.mkdir(parents=True)
+    other.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save((folder, other)[i % 2] / f"rgb{i}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    train = _example("train_tokenizer").main
+    train(
+        [
+            "--dataset",
+            str(tmp_path / "messy"),
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "7",
+            "--max-steps",
+            "1",
+            "--log-every",
+            "1",
+            "--eval-split",
+            "",
+            "--shuffle-buffer",
+            "8",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    logged = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    assert logged["data_skipped_corrupt"] == 1
+    assert logged["data_converted"] == {"L": 1, "CMYK": 1}
+    assert (tmp_path / "run/final/model.safetensors").exists()
