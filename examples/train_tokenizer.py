@@ -9,7 +9,13 @@ Reads top to bottom: arguments -> model (+ EMA) -> optimizer -> data (sharded pe
 (resume) -> one loop: sample K per step, loss, backward, clip, step, EMA, log to ``metrics.jsonl``,
 evaluate PSNR/codebook usage on held-out data, reconstruction grids as PNG, atomic checkpoints with
 ``--total-limit``; finally the EMA weights exported with ``save_pretrained`` and a model card.
-Current loss: L1 + LFQ commitment + entropy (the tokenizer's own terms).
+Loss (``--loss-config`` JSON overrides ``MergeVQLossConfig``, official weights by default): L1 + LPIPS-VGG +
+PatchGAN (non-saturating generator term, hinge discriminator, LeCam) + LFQ commitment and entropy + CLS
+alignment with a frozen teacher (``--teacher``, default facebook/dinov2-base; ``--teacher ''`` turns it off)
++ source recovery (``--source-recovery``, a SourceRecoveryModel trained jointly, exported beside the tokenizer).
+Generator and discriminator have their own Adam optimizers and alternate every step.
+Differences from the official recipe: the student CLS comes from the same crop the tokenizer reconstructs
+(the teacher sees the weak view), not from a separate strong 224 view.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from mergevq_hf import MergeVQConfig, MergeVQModel
+from mergevq_hf import MergeVQConfig, MergeVQModel, SourceRecoveryConfig, SourceRecoveryModel
 from mergevq_hf.evaluation import evaluate_reconstruction
 from mergevq_hf.image_utils import make_grid
 from mergevq_hf.model_card import write_model_card
 from mergevq_hf.training.data import DataConfig, make_dataloader
 from mergevq_hf.training.ema import EMAModel
+from mergevq_hf.training.losses import MergeVQLoss, MergeVQLossConfig
 from mergevq_hf.training.merge_sampling import MergeRatioSampler
+from mergevq_hf.training.teacher import load_teacher
 from mergevq_hf.training.trainer_utils import MetricsLogger, TrainingState, resume_from, save_checkpoint, step_drop_lr
 
 
@@ -66,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--total-limit", type=int, default=3)
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--report-to", default=None)
+    p.add_argument("--loss-config", default="{}", help="JSON dict of MergeVQLossConfig fields")
+    p.add_argument("--teacher", default="facebook/dinov2-base", help="alignment teacher (path or Hub id); '' = off")
+    p.add_argument("--source-recovery", action="store_true", help="train a SourceRecoveryModel jointly")
     return p.parse_args(argv)
 
 
@@ -73,6 +84,21 @@ def create_model(args) -> MergeVQModel:
     if args.init_from:
         return MergeVQModel.from_pretrained(args.init_from)
     return MergeVQModel(MergeVQConfig.from_preset(args.preset, **json.loads(args.config_overrides)))
+
+
+def create_loss(args, config: MergeVQConfig):
+    overrides = json.loads(args.loss_config)
+    overrides.setdefault("alignment_weight", overrides.get("alignment_weight", 1.0) if args.teacher else 0.0)
+    if config.dist_head is None:
+        overrides["alignment_weight"] = 0.0
+    overrides.setdefault("source_weight", overrides.get("source_weight", 0.5) if args.source_recovery else 0.0)
+    return MergeVQLoss(MergeVQLossConfig(**overrides))
+
+
+def create_source_recovery(args, config: MergeVQConfig):
+    if not args.source_recovery:
+        return None
+    return SourceRecoveryModel(SourceRecoveryConfig(code_dim=config.code_dim, num_positions=config.num_positions))
 
 
 def create_dataloader(args, config: MergeVQConfig, accelerator, split: str, train: bool):
@@ -84,13 +110,17 @@ def create_dataloader(args, config: MergeVQConfig, accelerator, split: str, trai
         resolution=config.resolution,
         crop="random_resized" if train else "center",
         random_flip=train,
-        alignment_views=False,
+        alignment_views=train and bool(args.teacher),
         shuffle=train,
         shuffle_buffer=args.shuffle_buffer,
         seed=args.seed,
     )
     rank, world = (accelerator.process_index, accelerator.num_processes) if train else (0, 1)
-    return make_dataloader(data, args.batch_size, rank, world, num_workers=args.num_workers, drop_last=train)
+    # its own generator: creating the iterator must not draw from the global RNG (exact resume)
+    generator = torch.Generator().manual_seed(args.seed)
+    return make_dataloader(
+        data, args.batch_size, rank, world, num_workers=args.num_workers, drop_last=train, generator=generator
+    )
 
 
 def batches_from(loader, epoch: int, skip: int):
@@ -123,7 +153,12 @@ def main(argv=None):
     model = create_model(args)
     config = model.config
     ema = EMAModel(model, decay=args.ema_decay)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.betas))
+    loss_fn = create_loss(args, config)
+    recovery = create_source_recovery(args, config)
+    teacher = load_teacher(args.teacher) if loss_fn.config.alignment_weight > 0 else None
+    generator_params = list(model.parameters()) + (list(recovery.parameters()) if recovery is not None else [])
+    optimizer = torch.optim.Adam(generator_params, lr=args.lr, betas=tuple(args.betas))
+    disc_optimizer = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=args.lr, betas=tuple(args.betas))
     base = args.merge_base or round(config.num_tokens**0.5)
     sampler = MergeRatioSampler(
         args.merge_sampler, base=base, direction=args.merge_direction, num_positions=config.num_positions
@@ -132,10 +167,16 @@ def main(argv=None):
     eval_loader = (
         create_dataloader(args, config, accelerator, args.eval_split, train=False) if args.eval_split else None
     )
-    model, optimizer = accelerator.prepare(model, optimizer)  # the loader is sharded per process already
+    # the loader is sharded per process already: only models and optimizers go through prepare
+    model, optimizer, disc_optimizer = accelerator.prepare(model, optimizer, disc_optimizer)
+    loss_fn.to(accelerator.device)  # not DDP-wrapped: its discriminator runs several times per step
+    if recovery is not None:
+        recovery = accelerator.prepare(recovery)
+    if teacher is not None:
+        teacher.to(accelerator.device)
     ema.shadow.to(accelerator.device)
     state = TrainingState()
-    accelerator.register_for_checkpointing(state, ema)
+    accelerator.register_for_checkpointing(state, ema, loss_fn)
     if args.report_to:
         accelerator.init_trackers("mergevq-tokenizer", config=vars(args))
     resumed = resume_from(accelerator, output, args.resume)
@@ -151,36 +192,68 @@ def main(argv=None):
             pixels = batch["pixel_values"].to(accelerator.device)
             step_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + state.step)
             num_tokens = int(sampler.sample(1, generator=step_generator, step=state.step)[0])
+            raw_model, discriminator = accelerator.unwrap_model(model), loss_fn.discriminator
+            lr = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
             with accelerator.accumulate(model):
+                # generator step (tokenizer + source recovery)
                 out = model(pixels, num_tokens=num_tokens)
-                accelerator.backward(out.loss)
+                teacher_features = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_features = teacher(batch["view_weak"].to(accelerator.device))
+                source_logits = recovery(out.quantized).logits if recovery is not None else None
+                discriminator.requires_grad_(False)  # the generator loss must not train the discriminator
+                g_loss, g_logs = loss_fn.generator_loss(
+                    out,
+                    pixels,
+                    state.step,
+                    last_layer=raw_model.decoder.conv_out.weight,
+                    teacher_features=teacher_features,
+                    source_logits=source_logits,
+                )
+                accelerator.backward(g_loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(generator_params, args.max_grad_norm)
                 for group in optimizer.param_groups:
-                    group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
+                    group["lr"] = lr
                 optimizer.step()
                 optimizer.zero_grad()
+                # discriminator step (gradients averaged over processes by hand: no DDP wrapper)
+                discriminator.requires_grad_(True)
+                d_loss, d_logs = loss_fn.discriminator_loss(pixels, out.reconstruction.detach(), state.step)
+                accelerator.backward(d_loss)
+                if accelerator.sync_gradients and accelerator.num_processes > 1:
+                    for param in discriminator.parameters():
+                        if param.grad is not None:
+                            param.grad = accelerator.reduce(param.grad, reduction="mean")
+                for group in disc_optimizer.param_groups:
+                    group["lr"] = lr
+                disc_optimizer.step()
+                disc_optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
             ema.update(accelerator.unwrap_model(model))
             state.step += 1
             progress.update(1)
             if state.step % args.log_every == 0:
-                terms = torch.stack([out.loss, out.reconstruction_loss, out.commitment_loss, out.entropy_loss]).detach()
-                terms = accelerator.reduce(terms, reduction="mean")
+                names = sorted(g_logs)
+                terms = torch.stack(
+                    [g_logs[k].detach().float().reshape(()) for k in names] + [d_loss.detach().float().reshape(())]
+                )
+                terms = accelerator.reduce(terms.to(accelerator.device), reduction="mean")
                 stats = train_loader.dataset.stats  # this process's decoding stats (per worker if num_workers > 0)
                 logger.log(
                     dict(
-                        zip(["loss", "l1", "commitment", "entropy"], terms.tolist()),
+                        zip([*names, "disc_loss"], terms.tolist()),
                         num_tokens=num_tokens,
-                        lr=optimizer.param_groups[0]["lr"],
+                        lr=lr,
                         epoch=state.epoch,
                         data_skipped_corrupt=stats["skipped_corrupt"],
                         data_converted=stats["converted_mode"],
                     ),
                     step=state.step,
                 )
-                progress.set_postfix(loss=f"{terms[0].item():.4f}")
+                progress.set_postfix(loss=f"{terms[names.index('total')].item():.4f}")
             if eval_loader is not None and state.step % args.eval_every == 0 and accelerator.is_main_process:
                 metrics = evaluate_reconstruction(ema.shadow, eval_loader, max_batches=args.eval_batches)
                 logger.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
@@ -200,6 +273,8 @@ def main(argv=None):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ema.shadow.save_pretrained(output / "final")
+        if recovery is not None:
+            accelerator.unwrap_model(recovery).save_pretrained(output / "final" / "source_recovery")
         evaluation = None
         if eval_loader is not None:
             evaluation = evaluate_reconstruction(ema.shadow, eval_loader, max_batches=args.eval_batches)

@@ -4,6 +4,7 @@ checkpoint + exact resume."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -117,34 +118,39 @@ def test_train_mergear_resumes_exactly(codes_dir, tmp_path):
     assert len(lines) == 6
 
 
-def test_train_tokenizer_resumes_exactly(digits, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A random tiny DINOv2 saved locally: the alignment path runs offline exactly as with facebook/dinov2-base."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("teacher")
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=56, patch_size=14
+    )
+    Dinov2Model(config).save_pretrained(path)
+    return path
+
+
+def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path):
+    """Full stage-1 loss (L1, LPIPS, GAN + LeCam, LFQ, alignment with a teacher, source recovery): an interrupted
+    and resumed run ends bit-identical to an uninterrupted one."""
     train = _example("train_tokenizer").main
     common = [
-        "--dataset",
-        str(digits),
-        "--preset",
-        "tiny",
-        "--batch-size",
-        "8",
-        "--save-every",
-        "2",
-        "--eval-every",
-        "100",
-        "--merge-sampler",
-        "exponential",
-        "--merge-base",
-        "6",
-        "--merge-direction",
-        "-1",
-        "--shuffle-buffer",
-        "32",
+        *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "8", "--save-every", "2"),
+        *("--eval-every", "100", "--merge-sampler", "exponential", "--merge-base", "6", "--merge-direction", "-1"),
+        *("--shuffle-buffer", "32", "--teacher", str(tiny_teacher), "--source-recovery", "--log-every", "1"),
     ]
     train([*common, "--output-dir", str(tmp_path / "straight"), "--max-steps", "4"])
     train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "2"])
     train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "4", "--resume", "latest"])
-    a = load_file(tmp_path / "straight/final/model.safetensors")
-    b = load_file(tmp_path / "resumed/final/model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("model.safetensors", "source_recovery/model.safetensors"):
+        a = load_file(tmp_path / "straight/final" / name)
+        b = load_file(tmp_path / "resumed/final" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    logged = [json.loads(line) for line in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
+    train_rows = [row for row in logged if "total" in row]
+    assert len(train_rows) == 4
+    assert all(row["alignment"] > 0 and row["source"] > 0 and row["perceptual"] > 0 for row in train_rows)
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["step-2", "step-4"]
 
 
@@ -152,7 +158,6 @@ def test_training_survives_a_messy_stream(tmp_path):
     """A truncated file, a grayscale and a CMYK image in the stream: training goes on, the bad file is skipped
     and counted in metrics.jsonl, the others are converted and counted."""
     import io
-    import json
 
     import numpy as np
     from PIL import Image
@@ -185,6 +190,8 @@ def test_training_survives_a_messy_stream(tmp_path):
             "",
             "--shuffle-buffer",
             "8",
+            "--teacher",
+            "",
             "--output-dir",
             str(tmp_path / "run"),
         ]

@@ -57,13 +57,15 @@ class MergeVQModelOutput(ModelOutput):
     """Result of [`MergeVQModel.forward`]: reconstruction plus the tokenizer's own loss terms.
 
     loss = reconstruction_loss (L1) + commitment_weight * commitment_loss + entropy_weight * entropy_loss.
-    Perceptual / GAN / alignment / source losses live in ``mergevq_hf.training``.
+    Perceptual / GAN / alignment / source losses live in ``mergevq_hf.training``; ``quantized`` [B, K, D]
+    (straight-through) feeds a source-recovery model there.
     """
 
     loss: torch.FloatTensor | None = None
     reconstruction: torch.FloatTensor | None = None
     indices: torch.LongTensor | None = None
     source: torch.LongTensor | None = None
+    quantized: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     entropy_loss: torch.FloatTensor | None = None
@@ -551,6 +553,7 @@ class MergeVQModel(MergeVQPreTrainedModel):
             per_sample_entropy=per_sample,
             codebook_entropy=codebook,
             cls_features=enc.cls_features,
+            quantized=enc.quantized,
         )
         return out if return_dict is not False else out.to_tuple()
 
