@@ -98,11 +98,12 @@ def main(argv=None):
         project_config=ProjectConfiguration(project_dir=str(output)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    set_seed(args.seed, device_specific=True)
+    set_seed(args.seed)  # identical initialisation on every process (not everything is DDP-broadcast)
     loader, num_positions = create_dataloader(args)
     model = create_model(args, num_positions)
     optimizer = create_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    set_seed(args.seed, device_specific=True)  # from here on, per-process randomness (dropout, label dropout)
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
     if args.report_to:

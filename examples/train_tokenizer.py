@@ -123,6 +123,17 @@ def create_dataloader(args, config: MergeVQConfig, accelerator, split: str, trai
     )
 
 
+@torch.no_grad()
+def sync_buffers(accelerator, module):
+    """Average the float buffers (BatchNorm running stats, LeCam EMAs) over processes after each update: they
+    are EMAs, so this equals an EMA of the global statistics, and the checkpoint (written by process 0) then
+    holds every process's state, which exact resume needs."""
+    if accelerator.num_processes > 1:
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(accelerator.reduce(buffer.clone(), reduction="mean"))
+
+
 def batches_from(loader, epoch: int, skip: int):
     """The loader's batches for ``epoch``; the first ``skip`` are drawn and dropped (exact resume)."""
     loader.dataset.set_epoch(epoch)
@@ -149,7 +160,7 @@ def main(argv=None):
         project_config=ProjectConfiguration(project_dir=str(output)),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    set_seed(args.seed, device_specific=True)
+    set_seed(args.seed)  # identical initialisation on every process (not everything is DDP-broadcast)
     model = create_model(args)
     config = model.config
     ema = EMAModel(model, decay=args.ema_decay)
@@ -175,6 +186,7 @@ def main(argv=None):
     if teacher is not None:
         teacher.to(accelerator.device)
     ema.shadow.to(accelerator.device)
+    set_seed(args.seed, device_specific=True)  # from here on, per-process randomness (drop path, ...)
     state = TrainingState()
     accelerator.register_for_checkpointing(state, ema, loss_fn)
     if args.report_to:
@@ -230,6 +242,7 @@ def main(argv=None):
                     group["lr"] = lr
                 disc_optimizer.step()
                 disc_optimizer.zero_grad()
+                sync_buffers(accelerator, loss_fn)
             if not accelerator.sync_gradients:
                 continue
             ema.update(accelerator.unwrap_model(model))
