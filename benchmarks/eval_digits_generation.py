@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from mergevq_hf import MergeARForCausalLM, MergeVQModel
 from mergevq_hf.image_utils import make_grid
 from mergevq_hf.models.mergear import generate_codes
-from mergevq_hf.training.data import DataConfig, make_dataloader
+from mergevq_hf.training.data import load_split_tensors
 
 
 def to_features(images: torch.Tensor) -> np.ndarray:
@@ -31,20 +31,6 @@ def to_features(images: torch.Tensor) -> np.ndarray:
     grey = images.clamp(-1, 1).mean(1, keepdim=True)
     pooled = F.adaptive_avg_pool2d(grey, 8)
     return ((pooled + 1) * 8).flatten(1).numpy()
-
-
-def load_split(data: str, split: str, resolution: int):
-    config = DataConfig(
-        dataset=data,
-        split=split,
-        crop="center",
-        random_flip=False,
-        alignment_views=False,
-        shuffle=False,
-        resolution=resolution,
-    )
-    batches = list(make_dataloader(config, batch_size=256))
-    return torch.cat([b["pixel_values"] for b in batches]), torch.cat([b["label"] for b in batches])
 
 
 def main(argv=None):
@@ -64,8 +50,8 @@ def main(argv=None):
     tokenizer = MergeVQModel.from_pretrained(args.tokenizer).eval()
     generator = MergeARForCausalLM.from_pretrained(args.generator).eval()
     size = tokenizer.config.resolution
-    train_x, train_y = load_split(args.data, "train", size)
-    test_x, test_y = load_split(args.data, "test", size)
+    train_x, train_y = load_split_tensors(args.data, "train", size)
+    test_x, test_y = load_split_tensors(args.data, "test", size)
     classifier = LogisticRegression(max_iter=5000).fit(to_features(train_x), train_y.numpy())
 
     with torch.no_grad():

@@ -14,20 +14,7 @@ import torch
 
 from mergevq_hf import MergeVQModel, SourceRecoveryConfig, SourceRecoveryModel
 from mergevq_hf.image_utils import psnr
-from mergevq_hf.training.data import DataConfig, make_dataloader
-
-
-def load_split(data: str, split: str, resolution: int) -> torch.Tensor:
-    config = DataConfig(
-        dataset=data,
-        split=split,
-        crop="center",
-        random_flip=False,
-        alignment_views=False,
-        shuffle=False,
-        resolution=resolution,
-    )
-    return torch.cat([b["pixel_values"] for b in make_dataloader(config, batch_size=256)])
+from mergevq_hf.training.data import load_split_tensors
 
 
 def main(argv=None):
@@ -47,8 +34,8 @@ def main(argv=None):
     tokenizer = MergeVQModel.from_pretrained(args.tokenizer).eval()
     size, k = tokenizer.config.resolution, args.num_tokens
     with torch.no_grad():
-        train_enc = tokenizer.encode(load_split(args.data, "train", size), num_tokens=k)
-        test_pixels = load_split(args.data, "test", size)
+        train_enc = tokenizer.encode(load_split_tensors(args.data, "train", size)[0], num_tokens=k)
+        test_pixels = load_split_tensors(args.data, "test", size)[0]
         test_enc = tokenizer.encode(test_pixels, num_tokens=k)
     config = SourceRecoveryConfig(
         code_dim=tokenizer.config.code_dim,

@@ -718,3 +718,21 @@ def _write_split(
     for shard in range(shards):
         part = table.shard(shards, shard, contiguous=True)
         part.to_parquet(str(folder / f"{split}-{shard:05d}-of-{shards:05d}.parquet"))
+
+
+def load_split_tensors(dataset: str, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole (small, local) split as tensors: center-cropped pixels [N, 3, R, R] in [-1, 1] and labels [N]
+    (-1 where unknown), in the stored order. For evaluation scripts on the local datasets."""
+    config = DataConfig(
+        dataset=dataset,
+        split=split,
+        crop="center",
+        random_flip=False,
+        alignment_views=False,
+        shuffle=False,
+        resolution=resolution,
+    )
+    batches = list(make_dataloader(config, batch_size=256))
+    if not batches:
+        raise ValueError(f"dataset {dataset!r} split {split!r} yielded no images")
+    return torch.cat([b["pixel_values"] for b in batches]), torch.cat([b["label"] for b in batches])
