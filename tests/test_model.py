@@ -125,3 +125,16 @@ def test_forward_trains_every_part():
     no_grad = [n for n, p in model.named_parameters() if p.grad is None and "dist_head" not in n]
     assert no_grad == []
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0  # gradient reaches the encoder through LFQ
+
+
+def test_model_card_from_template(tmp_path, tiny_tokenizer):
+    from mergevq_hf.model_card import write_model_card
+
+    tiny_tokenizer.save_pretrained(tmp_path)
+    card = write_model_card(tmp_path, "mergevq", evaluation={"psnr": 20.5, "K": 36}, datasets=["ILSVRC/imagenet-1k"])
+    text = (tmp_path / "README.md").read_text()
+    assert text == str(card)
+    assert "library_name: mergevq_hf" in text and "ILSVRC/imagenet-1k" in text
+    assert "L=64 tokens" in text and "num_tokens=36" in text and '"psnr": 20.5' in text
+    with pytest.raises(ValueError, match="model card kind"):
+        write_model_card(tmp_path, "vae")

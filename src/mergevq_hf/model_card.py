@@ -43,6 +43,8 @@ def write_model_card(
     card_data = ModelCardData(
         library_name="mergevq_hf", tags=TAGS[kind], datasets=datasets, metrics=metrics, license="apache-2.0"
     )
+    if "num_positions" not in config and "ch_mult" in config:  # tokenizer: L from the grid
+        config["num_positions"] = (config["resolution"] // 2 ** (len(config["ch_mult"]) - 1)) ** 2
     template = TEMPLATES / f"{kind}.md"
     fields = dict(
         model_name=repo_id or folder.name,
