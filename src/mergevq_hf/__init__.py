@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .models.mergear import MergeARConfig, MergeARForCausalLM, MergePruningCache
 from .models.source_recovery import SourceRecoveryConfig, SourceRecoveryModel, SourceRecoveryOutput
 from .models.tokenizer import MergeVQConfig, MergeVQEncoderOutput, MergeVQModel, MergeVQModelOutput
+from .pipelines import MergeVQPipeline, MergeVQPipelineOutput
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,8 @@ __all__ = [
     "MergeVQEncoderOutput",
     "MergeVQModel",
     "MergeVQModelOutput",
+    "MergeVQPipeline",
+    "MergeVQPipelineOutput",
     "SourceRecoveryConfig",
     "SourceRecoveryModel",
     "SourceRecoveryOutput",

@@ -1,0 +1,3 @@
+from .pipeline_mergevq import MergeVQPipeline, MergeVQPipelineOutput
+
+__all__ = ["MergeVQPipeline", "MergeVQPipelineOutput"]

