@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,41 @@ def test_cli_reconstruct_side_by_side(tmp_path):
     output = tmp_path / "rec.png"
     assert cli_main(["reconstruct", "-k", "36", "-k", "9", "--output", str(output)]) == 0
     assert Image.open(output).size == (34 + 2, 3 * 34 + 2)  # original + one row per K (32 px tiles)
+
+
+def test_push_to_hub_offline_with_model_cards(default_pipe, monkeypatch, tmp_path):
+    """The Hub transport is mocked: we check what would be uploaded (files + rendered card)."""
+    from huggingface_hub import HfApi
+
+    from mergevq_hf.hub import push_to_hub
+
+    uploads, repos = [], []
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        repos.append((repo_id, kwargs.get("private")))
+
+    def fake_upload_folder(self, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        uploads.append(
+            (
+                repo_id,
+                sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+                (folder / "README.md").read_text(),
+            )
+        )
+        return "commit"
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    evaluation = {"reference": "digits test split", "K": 36, "guidance_scale": 2.0, "temperature": 1.0}
+    assert default_pipe.push_to_hub("me/mergevq-digits", evaluation=evaluation, private=True) == "commit"
+    assert push_to_hub(default_pipe.tokenizer, "me/tok", datasets=["ILSVRC/imagenet-1k"]) == "commit"
+    assert push_to_hub(default_pipe.generator, "me/ar", metrics=["fid"]) == "commit"
+    assert repos == [("me/mergevq-digits", True), ("me/tok", None), ("me/ar", None)]
+    files, card = uploads[0][1], uploads[0][2]
+    assert {"model_index.json", "tokenizer/model.safetensors", "generator/model.safetensors", "README.md"} <= set(files)
+    assert "library_name: mergevq_hf" in card and '"guidance_scale": 2.0' in card and "me/mergevq-digits" in card
+    assert "ILSVRC/imagenet-1k" in uploads[1][2] and "image-tokenizer" in uploads[1][2]
+    assert "- fid" in uploads[2][2] and "MergeAR" in uploads[2][2]
+    with pytest.raises(TypeError, match="push_to_hub takes"):
+        push_to_hub(object(), "me/x")

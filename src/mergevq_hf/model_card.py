@@ -15,6 +15,7 @@ FALLBACK = (
 TAGS = {
     "mergevq": ["mergevq", "image-tokenizer", "vector-quantization"],
     "mergear": ["mergevq", "mergear", "class-conditional-image-generation"],
+    "pipeline": ["mergevq", "mergear", "class-conditional-image-generation", "pipeline"],
 }
 
 
@@ -39,7 +40,8 @@ def write_model_card(
     if kind not in TAGS:
         raise ValueError(f"model card kind {kind!r}; allowed: {sorted(TAGS)}")
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    config_file = folder / ("tokenizer/config.json" if kind == "pipeline" else "config.json")
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
     card_data = ModelCardData(
         library_name="mergevq_hf", tags=TAGS[kind], datasets=datasets, metrics=metrics, license="apache-2.0"
     )

@@ -186,6 +186,12 @@ class MergeVQPipeline:
                 index[name] = ["mergevq_hf", cls.__name__]
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the pipeline folder with a model card (see :func:`mergevq_hf.hub.push_to_hub`)."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs) -> MergeVQPipeline:
         """Load a pipeline folder, a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``), or,
