@@ -247,3 +247,64 @@ def test_two_process_gloo_training_resumes_exactly(digits, tmp_path):
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
+
+
+def test_fine_tune_default_models_on_an_imagefolder(tmp_path):
+    """The fine-tuning path of both examples: start from the embedded default pipeline's tokenizer and
+    generator (``--init-from``) on a user's own imagefolder (class subfolders), a few steps each."""
+    import numpy as np
+    from PIL import Image
+
+    from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR
+
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        folder = tmp_path / "mine" / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    tok_out, ar_out = tmp_path / "tok", tmp_path / "ar"
+    _example("train_tokenizer").main(
+        [
+            *("--dataset", str(tmp_path / "mine"), "--init-from", str(DEFAULT_PIPELINE_DIR / "tokenizer")),
+            *(
+                "--output-dir",
+                str(tok_out),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--eval-split",
+                "",
+                "--teacher",
+                "",
+            ),
+        ]
+    )
+    before = load_file(DEFAULT_PIPELINE_DIR / "tokenizer/model.safetensors")
+    after = load_file(tok_out / "final/model.safetensors")
+    assert before.keys() == after.keys() and not all(torch.equal(before[k], after[k]) for k in before)
+    assert (
+        cli_main(
+            [
+                "extract-codes",
+                "--tokenizer",
+                str(tok_out / "final"),
+                "--dataset",
+                str(tmp_path / "mine"),
+                "--output",
+                str(tmp_path / "codes"),
+                "--base",
+                "6",
+            ]
+        )
+        == 0
+    )
+    _example("train_mergear").main(
+        [
+            *("--codes", str(tmp_path / "codes"), "--init-from", str(DEFAULT_PIPELINE_DIR / "generator")),
+            *("--output-dir", str(ar_out), "--max-steps", "2", "--batch-size", "4"),
+        ]
+    )
+    generator = load_file(ar_out / "final/model.safetensors")
+    assert generator.keys() == load_file(DEFAULT_PIPELINE_DIR / "generator/model.safetensors").keys()
