@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import field
 
@@ -102,7 +103,7 @@ class MergeARConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **overrides) -> MergeARConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown MergeAR preset {name!r}; allowed: {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
 
     @property
     def vocab_size_codes(self) -> int:

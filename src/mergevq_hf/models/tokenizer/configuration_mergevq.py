@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import field
 
 from transformers import PreTrainedConfig
@@ -21,32 +22,22 @@ PRESETS: dict[str, dict] = {
     "mergevq-r-vitb": dict(
         encoder_type="patch", ch=64, ch_mult=[1, 1, 2, 4, 8], patch_embed_dim=768, head_dim=64, num_tokens=64
     ),
-    # Tiny random-weight configurations for tests and CPU experiments (32x32 images, 8x8 grid).
-    "tiny": dict(
-        resolution=32,
-        ch=32,
-        ch_mult=[1, 1, 2],
-        num_res_blocks=1,
-        num_att_blocks=6,
-        num_heads=4,
-        code_dim=8,
-        num_tokens=36,
-        dist_head_dim=32,
-    ),
-    "tiny-r": dict(
-        encoder_type="patch",
-        resolution=32,
-        ch=32,
-        ch_mult=[1, 1, 2],
-        num_res_blocks=1,
-        num_att_blocks=6,
-        num_heads=4,
-        patch_embed_dim=64,
-        code_dim=8,
-        num_tokens=36,
-        dist_head_dim=32,
-    ),
 }
+# Tiny random-weight configurations for tests and CPU experiments (32x32 images, 8x8 grid); "tiny-r" is the
+# same with the R variant's patch encoder.
+_TINY = dict(
+    resolution=32,
+    ch=32,
+    ch_mult=[1, 1, 2],
+    num_res_blocks=1,
+    num_att_blocks=6,
+    num_heads=4,
+    code_dim=8,
+    num_tokens=36,
+    dist_head_dim=32,
+)
+PRESETS["tiny"] = _TINY
+PRESETS["tiny-r"] = {**_TINY, "encoder_type": "patch", "patch_embed_dim": 64}
 
 
 class MergeVQConfig(PreTrainedConfig):
@@ -130,7 +121,7 @@ class MergeVQConfig(PreTrainedConfig):
         ``mergevq-gr-d64``, ``mergevq-gr-d96``, ``mergevq-r-vitb``) or a tiny test preset."""
         if name not in PRESETS:
             raise ValueError(f"unknown MergeVQ preset {name!r}; allowed: {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
 
     @property
     def downsample_factor(self) -> int:
