@@ -154,3 +154,19 @@ def test_push_to_hub_offline_with_model_cards(default_pipe, monkeypatch, tmp_pat
     assert "- fid" in uploads[2][2] and "MergeAR" in uploads[2][2]
     with pytest.raises(TypeError, match="push_to_hub takes"):
         push_to_hub(object(), "me/x")
+
+
+def test_diffusers_loader_accepts_the_folder(default_pipe, tmp_path):
+    """DiffusionPipeline.from_pretrained(folder) gives the same images; a folder it saves loads back in ours."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is in the test extra; skip only in a bare clone")
+    default_pipe.save_pretrained(tmp_path / "pipe")
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert isinstance(loaded, diffusers.DiffusionPipeline) and isinstance(loaded, MergeVQPipeline)
+    loaded.progress = False
+    a = default_pipe(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np").images
+    b = loaded(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np").images
+    assert np.array_equal(a, b)
+    loaded.save_pretrained(tmp_path / "from_diffusers")
+    again = MergeVQPipeline.from_pretrained(tmp_path / "from_diffusers")
+    again.progress = False
+    assert np.array_equal(a, again(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np").images)

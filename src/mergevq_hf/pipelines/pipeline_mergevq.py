@@ -24,6 +24,7 @@ from ..models.tokenizer import MergeVQModel
 
 COMPONENTS = {"tokenizer": MergeVQModel, "generator": MergeARForCausalLM, "source_recovery": SourceRecoveryModel}
 OUTPUT_TYPES = ("pil", "np", "pt")
+DIFFUSERS_MODULE = "diffusers_mergevq"
 
 
 @dataclass
@@ -46,6 +47,14 @@ class MergeVQPipeline:
     """
 
     def __init__(self, tokenizer: MergeVQModel, generator: MergeARForCausalLM, source_recovery=None):
+        self.check_components(tokenizer, generator)
+        self.tokenizer = tokenizer.eval()
+        self.generator = generator.eval()
+        self.source_recovery = source_recovery.eval() if source_recovery is not None else None
+        self.progress = True
+
+    @staticmethod
+    def check_components(tokenizer, generator) -> None:
         if tokenizer.config.num_positions != generator.config.num_positions:
             raise ValueError(
                 f"tokenizer has L={tokenizer.config.num_positions} positions but the generator predicts "
@@ -55,10 +64,6 @@ class MergeVQPipeline:
             raise ValueError(
                 f"code_dim differs: tokenizer {tokenizer.config.code_dim}, generator {generator.config.code_dim}"
             )
-        self.tokenizer = tokenizer.eval()
-        self.generator = generator.eval()
-        self.source_recovery = source_recovery.eval() if source_recovery is not None else None
-        self.progress = True
 
     # ------------------------------------------------------------------ labels
     @property
@@ -178,13 +183,22 @@ class MergeVQPipeline:
         """``model_index.json`` + one ``save_pretrained`` subfolder per component."""
         root = Path(save_directory)
         root.mkdir(parents=True, exist_ok=True)
-        index = {"_class_name": "MergeVQPipeline", "_library": "mergevq_hf"}
+        # diffusers reads the class from the small file written below (a "custom pipeline" in its terms)
+        index = {"_class_name": [DIFFUSERS_MODULE, "MergeVQDiffusionPipeline"], "_library": "mergevq_hf"}
         for name, cls in COMPONENTS.items():
             component = getattr(self, name)
             if component is not None:
                 component.save_pretrained(root / name, **kwargs)
-                index[name] = ["mergevq_hf", cls.__name__]
+                # diffusers resolves [module, class] from a file in the component folder
+                (root / name / f"{DIFFUSERS_MODULE}.py").write_text(
+                    f"from mergevq_hf import {cls.__name__}  # noqa: F401  (for diffusers' loader)\n"
+                )
+                index[name] = [DIFFUSERS_MODULE, cls.__name__]
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (root / f"{DIFFUSERS_MODULE}.py").write_text(
+            "# Lets diffusers.DiffusionPipeline.from_pretrained load this folder (needs mergevq_hf and diffusers).\n"
+            "from mergevq_hf.pipelines.diffusers_pipeline import MergeVQDiffusionPipeline  # noqa: F401\n"
+        )
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload the pipeline folder with a model card (see :func:`mergevq_hf.hub.push_to_hub`)."""
@@ -214,7 +228,8 @@ class MergeVQPipeline:
         index = json.loads(index_file.read_text())
         components = {}
         for name, model_cls in COMPONENTS.items():
-            if name in index:
+            entry = index.get(name)
+            if entry and entry[0] is not None:  # diffusers writes [null, null] for an absent optional component
                 components[name] = model_cls.from_pretrained(path / name, **kwargs)
         missing = [name for name in ("tokenizer", "generator") if name not in components]
         if missing:
