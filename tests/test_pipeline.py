@@ -152,6 +152,11 @@ def test_push_to_hub_offline_with_model_cards(default_pipe, monkeypatch, tmp_pat
     assert "library_name: mergevq_hf" in card and '"guidance_scale": 2.0' in card and "me/mergevq-digits" in card
     assert "ILSVRC/imagenet-1k" in uploads[1][2] and "image-tokenizer" in uploads[1][2]
     assert "- fid" in uploads[2][2] and "MergeAR" in uploads[2][2]
+    from mergevq_hf import SourceRecoveryConfig, SourceRecoveryModel
+
+    recovery = SourceRecoveryModel(SourceRecoveryConfig(code_dim=8, num_positions=64, dim=32, num_heads=4))
+    assert push_to_hub(recovery, "me/sr") == "commit"
+    assert "source-recovery" in uploads[3][2] and "L=64" in uploads[3][2]
     with pytest.raises(TypeError, match="push_to_hub takes"):
         push_to_hub(object(), "me/x")
 

@@ -13,7 +13,7 @@ KIND_BY_CLASS = {
     "MergeVQModel": "mergevq",
     "MergeARForCausalLM": "mergear",
     "MergeVQPipeline": "pipeline",
-    "SourceRecoveryModel": "mergevq",
+    "SourceRecoveryModel": "source_recovery",
 }
 
 

@@ -16,6 +16,7 @@ TAGS = {
     "mergevq": ["mergevq", "image-tokenizer", "vector-quantization"],
     "mergear": ["mergevq", "mergear", "class-conditional-image-generation"],
     "pipeline": ["mergevq", "mergear", "class-conditional-image-generation", "pipeline"],
+    "source_recovery": ["mergevq", "source-recovery"],
 }
 
 
