@@ -1,7 +1,9 @@
-"""The embedded default models: tiny digits tokenizer + MergeAR shipped inside the package (offline, CPU).
+"""The embedded default models shipped inside the package (offline, CPU), trained here on local real data:
 
-Trained here on the local sklearn-digits data (32x32, L=64, K=36); the commands that reproduce them are in
-``model_cards/default_pipeline.md``.
+* ``default_pipeline``: tiny digits tokenizer + MergeAR (32x32, L=64, K=36), for generation;
+* ``default_tokenizer``: a tiny tokenizer trained on scikit-image photo crops, for reconstruction.
+
+The commands that reproduce them are in ``model_cards/default_pipeline.md``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from pathlib import Path
 from .models.tokenizer import MergeVQModel
 
 DEFAULT_PIPELINE_DIR = Path(__file__).parent / "assets" / "default_pipeline"
+DEFAULT_TOKENIZER_DIR = Path(__file__).parent / "assets" / "default_tokenizer"
 
 
 def default_tokenizer() -> MergeVQModel:
-    """The embedded default tokenizer (the default pipeline's ``tokenizer`` component)."""
-    return MergeVQModel.from_pretrained(DEFAULT_PIPELINE_DIR / "tokenizer").eval()
+    """The embedded reconstruction tokenizer (photo crops, 32x32)."""
+    return MergeVQModel.from_pretrained(DEFAULT_TOKENIZER_DIR).eval()
