@@ -37,3 +37,17 @@ def tiny_tokenizer():
     from mergevq_hf import MergeVQConfig, MergeVQModel
 
     return MergeVQModel(MergeVQConfig.from_preset("tiny")).eval()
+
+
+def run_without_mergevq_hf(script: str, cwd) -> None:
+    """Run ``script`` in a fresh Python where importing ``mergevq_hf`` fails (as on a machine without the
+    package), offline; it must print REMOTE_OK."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = 'import sys\nsys.modules["mergevq_hf"] = None  # importing mergevq_hf now raises ImportError\n'
+    code += textwrap.dedent(script)
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd), "HF_HOME": str(cwd) + "/hf"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
+    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]

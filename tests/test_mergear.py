@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import run_without_mergevq_hf
 from mergevq_hf import MergeARConfig, MergeARForCausalLM, MergePruningCache
 from mergevq_hf.models.mergear import duplicate_mask, generate_codes, sample
 from mergevq_hf.models.mergear.generation import filter_logits
@@ -201,9 +198,8 @@ def test_save_load_and_remote_code(tmp_path):
     ref = generate_codes(model, [1, 2], 20, temperature=0)
     assert torch.equal(generate_codes(loaded, [1, 2], 20, temperature=0), ref)
     torch.save({"ref": ref}, tmp_path / "ref.pt")
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["mergevq_hf"] = None
+    run_without_mergevq_hf(
+        f"""
         import torch
         from transformers import AutoModelForCausalLM
         m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "m")!r}, trust_remote_code=True).eval()
@@ -213,10 +209,9 @@ def test_save_load_and_remote_code(tmp_path):
                          max_new_tokens=64, min_new_tokens=64)
         assert torch.equal(out[:, 2:], torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)["ref"])
         print("REMOTE_OK")
-    """)
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+    """,
+        tmp_path,
+    )
 
 
 def test_cache_is_a_transformers_cache():

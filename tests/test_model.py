@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from conftest import random_pixels
+from conftest import random_pixels, run_without_mergevq_hf
 from mergevq_hf import MergeVQConfig, MergeVQModel
 
 
@@ -65,9 +61,8 @@ def test_remote_code_loads_without_the_package(tmp_path, tiny_tokenizer):
         expected = tiny_tokenizer(pixels, num_tokens=10).reconstruction
     tiny_tokenizer.save_pretrained(tmp_path / "model")
     torch.save({"pixels": pixels, "expected": expected}, tmp_path / "io.pt")
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["mergevq_hf"] = None  # importing mergevq_hf now raises ImportError
+    run_without_mergevq_hf(
+        f"""
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
@@ -77,10 +72,9 @@ def test_remote_code_loads_without_the_package(tmp_path, tiny_tokenizer):
             out = model(io["pixels"], num_tokens=10).reconstruction
         assert torch.equal(out, io["expected"]), (out - io["expected"]).abs().max()
         print("REMOTE_OK")
-    """)
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+    """,
+        tmp_path,
+    )
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 
+from conftest import run_without_mergevq_hf
 from mergevq_hf import MergeVQConfig, MergeVQModel, SourceRecoveryConfig, SourceRecoveryModel
 from mergevq_hf.models.source_recovery.modeling_source_recovery import DropPath
 
@@ -234,9 +231,8 @@ def test_remote_code_loads_without_the_package(tmp_path):
     expected = model(quantized).logits
     model.save_pretrained(tmp_path / "model")
     torch.save({"quantized": quantized, "expected": expected}, tmp_path / "io.pt")
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["mergevq_hf"] = None  # importing mergevq_hf now raises ImportError
+    run_without_mergevq_hf(
+        f"""
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
@@ -246,10 +242,9 @@ def test_remote_code_loads_without_the_package(tmp_path):
             out = model(io["quantized"]).logits
         assert torch.equal(out, io["expected"]), (out - io["expected"]).abs().max()
         print("REMOTE_OK")
-    """)
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+    """,
+        tmp_path,
+    )
 
 
 # ------------------------------------------------------------------------------------------ learning
