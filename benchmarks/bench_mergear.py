@@ -46,12 +46,12 @@ def decode(model, codes_l, num_tokens, prune, steps, device):
     capacity = 2 + codes_l.shape[1] if not prune else None
     cache = model.new_cache(prune=prune, initial_capacity=capacity)
     with torch.inference_mode():
-        model(input_ids=prompt.to(device), past_key_values=cache, logits_to_keep=1)
+        model(input_ids=prompt.to(device), cache=cache, logits_to_keep=1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for j in range(steps):
-            model(input_ids=fed[:, j : j + 1], past_key_values=cache, logits_to_keep=1)
+            model(input_ids=fed[:, j : j + 1], cache=cache, logits_to_keep=1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

@@ -24,7 +24,14 @@ from mergevq_hf.image_utils import make_grid
 from mergevq_hf.model_card import write_model_card
 from mergevq_hf.models.mergear import generate_codes
 from mergevq_hf.training.codes import load_codes
-from mergevq_hf.training.trainer_utils import MetricsLogger, TrainingState, resume_from, save_checkpoint, step_drop_lr
+from mergevq_hf.training.trainer_utils import (
+    MetricsLogger,
+    TrainingState,
+    register_for_checkpointing,
+    resume_from,
+    save_checkpoint,
+    step_drop_lr,
+)
 
 
 def parse_args(argv=None):
@@ -105,7 +112,7 @@ def main(argv=None):
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     set_seed(args.seed, device_specific=True)  # from here on, per-process randomness (dropout, label dropout)
     state = TrainingState()
-    accelerator.register_for_checkpointing(state)
+    register_for_checkpointing(accelerator, training=state)  # safetensors, not accelerate's pickle
     if args.report_to:
         accelerator.init_trackers("mergear", config=vars(args))
     resumed = resume_from(accelerator, output, args.resume)
@@ -123,7 +130,8 @@ def main(argv=None):
             with accelerator.accumulate(model):
                 raw = accelerator.unwrap_model(model)
                 labels = batch["label"].masked_fill(batch["label"] < 0, raw.config.num_classes)  # unknown: null class
-                loss = raw.training_loss(batch["codes"], labels, batch["num_tokens"])
+                # through the wrapped model's forward: DDP averages the gradients over processes
+                loss = model(**raw.training_inputs(batch["codes"], labels, batch["num_tokens"])).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -55,12 +57,12 @@ def test_masked_forward_equals_cached_decoding(preset):
     with torch.no_grad():
         full = model(input_ids=ids).factor_logits
         cache = model.new_cache()
-        steps = [model(input_ids=ids[:, :2], past_key_values=cache, logits_to_keep=1).factor_logits]
+        steps = [model(input_ids=ids[:, :2], cache=cache, logits_to_keep=1).factor_logits]
         for t in range(2, num_positions + 2):
-            steps.append(model(input_ids=ids[:, t : t + 1], past_key_values=cache).factor_logits)
+            steps.append(model(input_ids=ids[:, t : t + 1], cache=cache).factor_logits)
         chunked_cache, chunks = model.new_cache(initial_capacity=3), []
         for a, b in [(0, 5), (5, 6), (6, 31), (31, num_positions + 2)]:  # multi-token steps with duplicates
-            chunks.append(model(input_ids=ids[:, a:b], past_key_values=chunked_cache).factor_logits)
+            chunks.append(model(input_ids=ids[:, a:b], cache=chunked_cache).factor_logits)
     for f in range(len(full)):
         stepwise = torch.cat([s[f][:, -1:] for s in steps], dim=1)
         torch.testing.assert_close(stepwise, full[f][:, 1:], atol=1e-5, rtol=0)
@@ -81,8 +83,8 @@ def test_no_duplicates_equals_dense_cache_and_dense_forward():
         results = []
         for prune in (True, False):
             cache = model.new_cache(prune=prune)
-            out = [model(input_ids=ids[:, :1], past_key_values=cache).logits]
-            out += [model(input_ids=ids[:, t : t + 1], past_key_values=cache).logits for t in range(1, ids.shape[1])]
+            out = [model(input_ids=ids[:, :1], cache=cache).logits]
+            out += [model(input_ids=ids[:, t : t + 1], cache=cache).logits for t in range(1, ids.shape[1])]
             results.append(torch.cat(out, 1))
     torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=0)
     torch.testing.assert_close(results[0], dense_causal, atol=1e-5, rtol=0)
@@ -99,30 +101,70 @@ def test_dense_cache_stores_everything_and_pruned_cache_is_smaller():
     ids = model.build_inputs(codes, [1, 2], [8, 8])
     pruned, dense = model.new_cache(prune=True), model.new_cache(prune=False, initial_capacity=66)
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=pruned)
-        model(input_ids=ids, past_key_values=dense)
+        model(input_ids=ids, cache=pruned)
+        model(input_ids=ids, cache=dense)
     assert dense.num_stored.tolist() == [66, 66]
     assert pruned.kv_bytes(allocated=False) < dense.kv_bytes(allocated=False)
     assert pruned.kv_bytes() <= dense.kv_bytes()
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-factorized"])
-def test_generate_matches_own_loop_greedy(preset):
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_generate_builds_its_own_pruning_cache_and_matches_own_loop(preset, guidance_scale):
+    """generate() with no cache argument: exactly L codes (generation_config), a MergePruningCache that stores
+    only start tokens + distinct codes, and the same greedy codes as generate_codes, with CFG too."""
     model = _model(preset)
     labels, counts = [1, 2, 3], [10, 20, 64]
-    cache = model.new_cache()
     out = model.generate(
         input_ids=model.prompt_ids(labels, counts),
-        past_key_values=cache,
         do_sample=False,
-        max_new_tokens=model.config.num_positions,
-        min_new_tokens=model.config.num_positions,
+        guidance_scale=guidance_scale,
+        return_dict_in_generate=True,
     )
+    assert out.sequences.shape == (3, 2 + model.config.num_positions), "exactly L new tokens by default"
     own_cache = model.new_cache()
-    ours = generate_codes(model, labels, counts, temperature=0, cache=own_cache)
-    assert torch.equal(out[:, 2:], ours)
+    ours = generate_codes(model, labels, counts, guidance_scale=guidance_scale, temperature=0, cache=own_cache)
+    assert torch.equal(out.sequences[:, 2:], ours)
+    cache = out.cache
+    assert isinstance(cache, MergePruningCache)
     expected = torch.tensor([2 + len(set(row[:-1].tolist())) for row in ours])  # last code is never fed
-    assert torch.equal(cache.num_stored, expected) and torch.equal(own_cache.num_stored, expected)
+    assert torch.equal(cache.num_stored, expected)
+    assert torch.equal(own_cache.num_stored[:3], expected)
+    assert cache.num_stored.max() < 2 + model.config.num_positions - 1, "duplicates were pruned"
+
+
+def test_generation_config_ships_with_the_model(tmp_path):
+    model = _model()
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "generation_config.json").read_text())
+    assert saved["max_new_tokens"] == model.config.num_positions and saved["do_sample"] is True
+    loaded = MergeARForCausalLM.from_pretrained(tmp_path / "m")
+    assert loaded.generation_config.max_new_tokens == model.config.num_positions
+
+
+def test_past_key_values_is_a_deprecated_alias():
+    model = _model()
+    ids = model.prompt_ids([1], 8)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        legacy = model(input_ids=ids, past_key_values=model.new_cache())
+    current = model(input_ids=ids, cache=model.new_cache())
+    torch.testing.assert_close(legacy.logits, current.logits)
+    assert isinstance(legacy.cache, MergePruningCache)
+
+
+def test_joint_logits_only_when_asked():
+    """Training never builds the [B, T, 2**code_dim] joint table; generate() asks for it."""
+    model = _model("tiny-factorized")
+    codes = _codes_with_duplicates(2, 64)
+    inputs = model.training_inputs(codes, [1, 2], [16, 16])
+    out = model(**inputs)
+    assert out.logits is None and out.loss is not None
+    assert [f.shape[-1] for f in out.factor_logits] == [8, 32]
+    joint = model(input_ids=inputs["input_ids"], output_joint_logits=True, logits_to_keep=1).logits
+    assert joint.shape == (2, 1, 256)
+    expected = model.joint_log_probs(tuple(f[:, -1:] for f in out.factor_logits))
+    torch.testing.assert_close(joint, expected)
+    torch.testing.assert_close(joint.exp().sum(-1), torch.ones(2, 1))
 
 
 def test_cfg_and_per_sample_seeds_independent_of_batch():
@@ -185,7 +227,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="MergePruningCache"):
         from transformers import DynamicCache
 
-        model(input_ids=torch.tensor([[300, 320]]), past_key_values=DynamicCache())
+        model(input_ids=torch.tensor([[300, 320]]), cache=DynamicCache())
     with pytest.raises(ValueError, match="factorized_bits"):
         MergeARConfig(code_dim=8, factorized_bits=[3, 4])
 
@@ -205,8 +247,7 @@ def test_save_load_and_remote_code(tmp_path):
         m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "m")!r}, trust_remote_code=True).eval()
         cache_cls = type(m.new_cache())
         assert "transformers_modules" in cache_cls.__module__
-        out = m.generate(input_ids=m.prompt_ids([1, 2], 20), past_key_values=m.new_cache(), do_sample=False,
-                         max_new_tokens=64, min_new_tokens=64)
+        out = m.generate(input_ids=m.prompt_ids([1, 2], 20), do_sample=False)
         assert torch.equal(out[:, 2:], torch.load({str(tmp_path / "ref.pt")!r}, weights_only=True)["ref"])
         print("REMOTE_OK")
     """,

@@ -1,10 +1,11 @@
 from .cache import MergePruningCache, duplicate_mask
 from .configuration_mergear import PRESETS, MergeARConfig
-from .generation import generate_codes, sample
+from .generation import SampleNoise, generate_codes, sample
 from .modeling_mergear import MergeARCausalLMOutput, MergeARForCausalLM, MergeARPreTrainedModel
 
 __all__ = [
     "PRESETS",
+    "SampleNoise",
     "MergeARCausalLMOutput",
     "MergeARConfig",
     "MergeARForCausalLM",

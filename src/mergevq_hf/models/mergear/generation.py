@@ -1,5 +1,11 @@
 """MergeAR sampling loop in three small functions (prefill, decode one token, decode n tokens) over a
-``MergePruningCache``, with classifier-free guidance by doubling the batch and per-sample generators."""
+``MergePruningCache``, with classifier-free guidance by doubling the batch and per-sample random streams.
+
+Randomness: every sample owns a counter-based stream (:class:`SampleNoise`): one 63-bit key is drawn from the
+sample's ``torch.Generator`` once, on that generator's device (a CPU generator with CUDA logits is fine), and
+every later draw is a hash of (key, counter) computed on the logits' device for the whole batch at once. A
+sample's codes therefore depend only on its generator and label, not on the batch, and not on the device.
+"""
 
 from __future__ import annotations
 
@@ -23,26 +29,81 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _int64(value: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 torch stores."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = _int64(0x9E3779B97F4A7C15), _int64(0xBF58476D1CE4E5B9), _int64(0x94D049BB133111EB)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser on int64 tensors (wrapping arithmetic; logical shifts emulated with masks)."""
+
+    def shr(v, bits):
+        return (v >> bits) & ((1 << (64 - bits)) - 1)
+
+    x = x + _GOLDEN
+    x = (x ^ shr(x, 30)) * _MIX1
+    x = (x ^ shr(x, 27)) * _MIX2
+    return x ^ shr(x, 31)
+
+
+class SampleNoise:
+    """Independent, reproducible random streams, one per sample, drawn for the whole batch without a loop.
+
+    generators: one ``torch.Generator`` per sample (any device), a single generator for all, or None (the
+    global RNG). Each sample's key is drawn once here; :meth:`gumbel` then hashes (key, counter) on ``device``.
+    """
+
+    def __init__(self, generators, batch: int, device: torch.device | str | None = None):
+        if generators is None or isinstance(generators, torch.Generator):
+            keys = torch.randint(0, 2**63 - 1, (batch,), generator=generators, device=_device_of(generators))
+        else:
+            generators = list(generators)
+            if len(generators) != batch:
+                raise ValueError(f"got {len(generators)} generators for {batch} samples")
+            keys = torch.stack(
+                [torch.randint(0, 2**63 - 1, (), generator=g, device=_device_of(g)).cpu() for g in generators]
+            )
+        self.keys = _splitmix64(keys.to(device))  # drawn where the generator lives, moved to the logits
+        self.counter = 0
+
+    def uniform(self, columns: int) -> torch.Tensor:
+        """[B, columns] float32 uniform in (0, 1), the next ``columns`` values of every sample's stream."""
+        index = torch.arange(self.counter, self.counter + columns, device=self.keys.device)
+        self.counter += columns
+        bits = _splitmix64(self.keys[:, None] ^ _splitmix64(index)[None, :])
+        # top 24 bits -> (0, 1): (n + 0.5) / 2^24, exactly representable in float32
+        return (((bits >> 40) & 0xFFFFFF).float() + 0.5) / float(1 << 24)
+
+    def gumbel(self, columns: int) -> torch.Tensor:
+        return -torch.log(-torch.log(self.uniform(columns)))
+
+
+def _device_of(generator) -> torch.device:
+    return generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
+
+
 def sample(
     logits: torch.Tensor,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generators: Sequence[torch.Generator | None] | None = None,
+    generators: SampleNoise | Sequence[torch.Generator] | torch.Generator | None = None,
 ) -> torch.Tensor:
-    """logits [B, V] -> tokens [B]. ``temperature=0`` is greedy. Sampling uses the exponential race
-    (argmax p / E, E ~ Exp(1)) with noise drawn per row from ``generators[b]``, so a row's token depends only
-    on its own generator, not on the rest of the batch."""
+    """logits [B, V] -> tokens [B]. ``temperature=0`` is greedy. Sampling is the Gumbel-max race
+    (argmax of filtered logits / temperature + Gumbel noise) with the noise of each row drawn from that row's
+    stream (a :class:`SampleNoise`, or generators from which one is made), for the whole batch at once."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    if generators is None:
-        noise = torch.empty_like(probs).exponential_()
-    else:
-        noise = torch.stack(
-            [torch.empty(probs.shape[-1], device=probs.device).exponential_(generator=g) for g in generators]
-        )
-    return (probs / noise).argmax(-1)
+    if not isinstance(generators, SampleNoise):
+        generators = SampleNoise(generators, logits.shape[0], logits.device)
+    filtered = filter_logits(logits.float() / temperature, top_k, top_p)
+    return (filtered + generators.gumbel(logits.shape[-1])).argmax(-1)
 
 
 def _guided(factor_logits, guidance_scale: float, batch: int):
@@ -51,21 +112,21 @@ def _guided(factor_logits, guidance_scale: float, batch: int):
     return [logit[batch:] + guidance_scale * (logit[:batch] - logit[batch:]) for logit in factor_logits]
 
 
-def _sample_code(model, factor_logits, guidance_scale, batch, temperature, top_k, top_p, generators):
+def _sample_code(model, factor_logits, guidance_scale, batch, temperature, top_k, top_p, noise):
     """Sample each factor (filters apply per factor) and assemble the code."""
     code, offset = 0, 0
     for bits, logit in zip(model.factor_bits, _guided(factor_logits, guidance_scale, batch)):
-        code = code + (sample(logit[:, -1], temperature, top_k, top_p, generators) << offset)
+        code = code + (sample(logit[:, -1], temperature, top_k, top_p, noise) << offset)
         offset += bits
     return code
 
 
 def prefill(model, prompt_ids: torch.Tensor, cache: MergePruningCache):
-    return model(input_ids=prompt_ids, past_key_values=cache, logits_to_keep=1).factor_logits
+    return model(input_ids=prompt_ids, cache=cache, logits_to_keep=1, output_joint_logits=False).factor_logits
 
 
 def decode_one_token(model, codes: torch.Tensor, cache: MergePruningCache):
-    return model(input_ids=codes[:, None], past_key_values=cache, logits_to_keep=1).factor_logits
+    return model(input_ids=codes[:, None], cache=cache, logits_to_keep=1, output_joint_logits=False).factor_logits
 
 
 @torch.no_grad()
@@ -77,7 +138,7 @@ def generate_codes(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generators: Sequence[torch.Generator | None] | None = None,
+    generators: Sequence[torch.Generator] | torch.Generator | None = None,
     cache: MergePruningCache | None = None,
     progress=None,
 ) -> torch.LongTensor:
@@ -89,9 +150,10 @@ def generate_codes(
     """
     labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
     batch = labels.shape[0]
-    if generators is not None and len(generators) != batch:
-        raise ValueError(f"got {len(generators)} generators for {batch} samples")
+    if batch == 0:
+        raise ValueError("class_labels is empty; give at least one label")
     prompt = model.prompt_ids(labels, num_tokens)
+    noise = SampleNoise(generators, batch, prompt.device)
     if guidance_scale != 1.0:
         null = torch.full_like(labels, model.config.num_classes)
         prompt = torch.cat([prompt, model.prompt_ids(null, num_tokens)])
@@ -101,7 +163,7 @@ def generate_codes(
     factor_logits = prefill(model, prompt, cache)
     steps = range(num_positions)
     for j in progress(steps) if progress is not None else steps:
-        codes[:, j] = _sample_code(model, factor_logits, guidance_scale, batch, temperature, top_k, top_p, generators)
+        codes[:, j] = _sample_code(model, factor_logits, guidance_scale, batch, temperature, top_k, top_p, noise)
         if j + 1 < num_positions:
             fed = codes[:, j] if guidance_scale == 1.0 else codes[:, j].repeat(2)
             factor_logits = decode_one_token(model, fed, cache)

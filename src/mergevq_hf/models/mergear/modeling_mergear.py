@@ -9,28 +9,47 @@ logits. Shapes: B batch, T tokens, C hidden, V = 2**code_dim codes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .cache import MergePruningCache, duplicate_mask
 from .configuration_mergear import MergeARConfig
 
 
+def _cache_argument(cache, past_key_values, where: str):
+    """``cache`` is the name transformers uses since 5.24; ``past_key_values`` stays a deprecated alias."""
+    if past_key_values is not None:
+        if cache is not None and cache is not past_key_values:
+            raise ValueError(f"{where}: pass the cache once, as `cache` (`past_key_values` is its deprecated alias)")
+        warnings.warn(
+            f"{where}: `past_key_values` is deprecated, pass `cache=` (transformers >= 5.24 naming)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return past_key_values
+    return cache
+
+
 @dataclass
 class MergeARCausalLMOutput(ModelOutput):
-    """loss: summed cross-entropy of the factors; logits [B, T', V]: log-probabilities of the joint code
-    distribution for factorised heads (raw logits for a plain head), only for the last ``logits_to_keep``
-    positions when set; factor_logits: one [B, T', 2**bits] tensor per factor."""
+    """loss: summed cross-entropy of the factors.
+    logits [B, T', V]: raw logits of a plain head; for factorised heads the log-probabilities of the joint code
+    distribution (V = 2**code_dim), computed only when asked (``output_joint_logits=True``, as ``generate()``
+    does), never in training; only the last ``logits_to_keep`` positions when set.
+    factor_logits: one [B, T', 2**bits] tensor per factor (what training and ``generate_codes`` use).
+    cache: the ``MergePruningCache`` holding this sequence's keys/values (``past_key_values`` before
+    transformers 5.24)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     factor_logits: tuple[torch.FloatTensor, ...] | None = None
-    past_key_values: MergePruningCache | None = None
+    cache: MergePruningCache | None = None
 
 
 class RMSNorm(nn.Module):
@@ -90,14 +109,14 @@ class MergeARAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
-    def forward(self, x, rotary, mask, past_key_values=None):
+    def forward(self, x, rotary, mask, cache=None):
         batch, tokens, _ = x.shape
         shape = (batch, tokens, self.num_heads, self.head_dim)
         q = apply_rotary(self.q_proj(x).view(shape).transpose(1, 2), *rotary)
         k = apply_rotary(self.k_proj(x).view(shape).transpose(1, 2), *rotary)
         v = self.v_proj(x).view(shape).transpose(1, 2)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         dropout = self.attention_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.resid_dropout(self.o_proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
@@ -123,8 +142,8 @@ class MergeARDecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.feed_forward = SwiGLU(config)
 
-    def forward(self, x, rotary, mask, past_key_values=None):
-        x = x + self.attention(self.attention_norm(x), rotary, mask, past_key_values)
+    def forward(self, x, rotary, mask, cache=None):
+        x = x + self.attention(self.attention_norm(x), rotary, mask, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -153,10 +172,12 @@ class MergeARPreTrainedModel(PreTrainedModel):
 class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
     """Class-conditional raster-order generator over MergeVQ code maps ``codes_L`` [B, L].
 
-    Training: ``model(input_ids=model.build_inputs(codes_L, class_labels, num_tokens), labels=...)``, or
-    simply ``model.training_loss(codes_L, class_labels, num_tokens)``. Generation: ``model.generate(
-    input_ids=model.prompt_ids(class_labels, num_tokens), past_key_values=model.new_cache(),
-    max_new_tokens=L)`` or ``mergevq_hf.models.mergear.generate_codes`` (CFG, per-sample seeds).
+    Training: ``loss = model(**model.training_inputs(codes_L, class_labels, num_tokens)).loss`` (through the
+    DDP wrapper when distributed), or ``model.training_loss(codes_L, class_labels, num_tokens)`` on one process.
+    Generation: ``model.generate(input_ids=model.prompt_ids(class_labels, num_tokens))`` builds its own
+    ``MergePruningCache`` and produces exactly L codes (``generation_config.json``); ``guidance_scale=s`` runs
+    the null class beside it. ``mergevq_hf.models.mergear.generate_codes`` is the package's own loop
+    (per-sample seeds, factor-wise sampling, CFG in one batch).
     """
 
     def __init__(self, config: MergeARConfig):
@@ -171,6 +192,20 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.heads = nn.ModuleList(nn.Linear(config.hidden_size, 2**bits, bias=False) for bits in self.factor_bits)
         self.post_init()
+        self.generation_config = self.default_generation_config(config)
+
+    @staticmethod
+    def default_generation_config(config: MergeARConfig) -> GenerationConfig:
+        """Exactly L new codes after the 2 start tokens, ancestral sampling with no filtering (the paper's
+        setting); no end-of-sequence token exists."""
+        return GenerationConfig(
+            max_new_tokens=config.num_positions,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            use_cache=True,
+        )
 
     # ------------------------------------------------------------------ ids of the start tokens
     def prompt_ids(self, class_labels, num_tokens) -> torch.LongTensor:
@@ -247,51 +282,69 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
     def forward(
         self,
         input_ids: torch.LongTensor,
-        past_key_values: MergePruningCache | None = None,
+        cache: MergePruningCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        output_joint_logits: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        past_key_values: MergePruningCache | None = None,
         **kwargs,
     ) -> MergeARCausalLMOutput:
-        """input_ids [B, T]: start-token ids and codes. With ``past_key_values`` (a ``MergePruningCache``)
-        the T tokens continue the cached sequence. ``labels`` [B, T] (-100 = ignore) are shifted inside."""
-        if past_key_values is not None and not isinstance(past_key_values, MergePruningCache):
-            raise TypeError(f"MergeAR needs a MergePruningCache, got {type(past_key_values).__name__}")
-        start = past_key_values.get_seq_length() if past_key_values is not None else 0
+        """input_ids [B, T]: start-token ids and codes.
+
+        cache: a ``MergePruningCache``; the T tokens continue the cached sequence (``past_key_values`` is the
+        deprecated alias). use_cache: with no ``cache`` given, ``True`` starts a new one and returns it in
+        ``output.cache`` (``generate()`` does this); the default runs the masked full-sequence forward.
+        labels [B, T] (-100 = ignore) are shifted inside. output_joint_logits: also return the joint
+        log-probabilities over all 2**code_dim codes (factorised heads; [B, T', 2**code_dim] floats); default:
+        only when decoding with a cache and no labels (generation, including transformers' CFG branch), never
+        in training.
+        attention_mask: only all-ones is accepted (MergeAR sequences have no padding).
+        """
+        cache = _cache_argument(cache, past_key_values, "MergeARForCausalLM.forward")
+        if cache is not None and not isinstance(cache, MergePruningCache):
+            raise TypeError(f"MergeAR needs a MergePruningCache, got {type(cache).__name__}")
+        if attention_mask is not None and not bool((attention_mask == 1).all()):
+            raise ValueError("attention_mask with padding is not supported: MergeAR sequences all have the same length")
+        if cache is None and use_cache:
+            cache = self.new_cache()
+        start = cache.get_seq_length() if cache is not None else 0
         self._check_input_ids(input_ids, start)
         codes = self._codes_of(input_ids)
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         rotary = self.rotary(positions)
-        if past_key_values is not None:
-            mask = past_key_values.plan_step(codes)
-        else:
-            mask = self.training_mask(codes)
+        mask = cache.plan_step(codes) if cache is not None else self.training_mask(codes)
         hidden = self.embed(input_ids)
         for layer in self.layers:
-            hidden = layer(hidden, rotary, mask, past_key_values)
-        if past_key_values is not None:
-            past_key_values.finish_step()
+            hidden = layer(hidden, rotary, mask, cache)
+        if cache is not None:
+            cache.finish_step()
         hidden = self.norm(hidden)
 
         loss = None
-        if labels is not None:
-            factor_logits = [head(hidden[:, :-1]) for head in self.heads]
+        if labels is not None:  # the heads run once over all positions; the loss reads the shifted slice
+            all_logits = [head(hidden) for head in self.heads]
             targets = labels[:, 1:]
             valid = targets != -100
             parts = self._split_codes(torch.where(valid, targets, torch.zeros_like(targets)))
+            smoothing = self.config.label_smoothing if self.training else 0.0
             loss = sum(
-                F.cross_entropy(
-                    logit[valid], part[valid], label_smoothing=self.config.label_smoothing if self.training else 0.0
-                )
-                for logit, part in zip(factor_logits, parts)
+                F.cross_entropy(logit[:, :-1][valid], part[valid], label_smoothing=smoothing)
+                for logit, part in zip(all_logits, parts)
             )
-        keep = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        factor_logits = tuple(head(keep) for head in self.heads)
-        logits = self.joint_log_probs(factor_logits) if len(factor_logits) > 1 else factor_logits[0]
-        return MergeARCausalLMOutput(
-            loss=loss, logits=logits, factor_logits=factor_logits, past_key_values=past_key_values
-        )
+            factor_logits = tuple(logit[:, -logits_to_keep:] if logits_to_keep else logit for logit in all_logits)
+        else:
+            keep = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            factor_logits = tuple(head(keep) for head in self.heads)
+        if len(factor_logits) == 1:
+            logits = factor_logits[0]
+        else:
+            if output_joint_logits is None:
+                output_joint_logits = cache is not None and labels is None
+            logits = self.joint_log_probs(factor_logits) if output_joint_logits else None
+        return MergeARCausalLMOutput(loss=loss, logits=logits, factor_logits=factor_logits, cache=cache)
 
     @staticmethod
     def joint_log_probs(factor_logits) -> torch.Tensor:
@@ -302,16 +355,60 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             joint = logp if joint is None else (logp[..., :, None] + joint[..., None, :]).flatten(-2)
         return joint
 
-    def training_loss(self, codes_L: torch.Tensor, class_labels, num_tokens) -> torch.Tensor:
+    def training_inputs(self, codes_L: torch.Tensor, class_labels, num_tokens) -> dict[str, torch.Tensor]:
+        """Keyword arguments of ``forward`` for the training loss: ``input_ids`` (prompt + codes) and ``labels``
+        (codes only). Call the (possibly DDP-wrapped) model with them, so gradients are synchronised."""
         input_ids = self.build_inputs(codes_L, class_labels, num_tokens)
         labels = input_ids.clone()
         labels[:, : self.config.num_start_tokens] = -100
-        return self(input_ids=input_ids, labels=labels).loss
+        return {"input_ids": input_ids, "labels": labels}
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            input_ids = input_ids[:, past_key_values.get_seq_length() :]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "logits_to_keep": 1}
+    def training_loss(self, codes_L: torch.Tensor, class_labels, num_tokens) -> torch.Tensor:
+        """Single-process convenience; distributed training calls the wrapped model with :meth:`training_inputs`."""
+        return self(**self.training_inputs(codes_L, class_labels, num_tokens)).loss
+
+    # ------------------------------------------------------------------ generate()
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a DynamicCache: the first forward starts a MergePruningCache (use_cache)
+        return False
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        cache=None,
+        past_key_values=None,
+        use_cache=None,
+        attention_mask=None,
+        **kwargs,
+    ):
+        cache = cache if cache is not None else past_key_values  # generate() of transformers < 5.24
+        if cache is not None and cache.get_seq_length() > 0:
+            input_ids = input_ids[:, cache.get_seq_length() :]
+        return {
+            "input_ids": input_ids,
+            "cache": cache,
+            "use_cache": self.generation_config.use_cache if use_cache is None else use_cache,
+            "attention_mask": attention_mask,
+            "logits_to_keep": 1,
+            "output_joint_logits": True,
+        }
+
+    def null_prompt_like(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """The same sequence with the class token replaced by the null class (the CFG branch)."""
+        null = input_ids.clone()
+        null[:, 0] = self.config.vocab_size_codes + self.config.num_classes
+        return null
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """``GenerationMixin.generate`` with MergeAR's defaults: a ``MergePruningCache`` is built when none is
+        given, and ``guidance_scale != 1`` runs the null-class prompt (``null_prompt_like(input_ids)``) as the
+        unconditional branch; under greedy decoding this gives the same codes as ``generate_codes``."""
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        scale = kwargs.get("guidance_scale", (generation_config or self.generation_config).guidance_scale)
+        if input_ids is not None and scale is not None and scale != 1 and kwargs.get("negative_prompt_ids") is None:
+            kwargs["negative_prompt_ids"] = self.null_prompt_like(input_ids)
+        return super().generate(inputs, generation_config, **kwargs)
 
 
 __all__ = ["MergeARForCausalLM", "MergeARPreTrainedModel", "MergeARCausalLMOutput"]

@@ -1,0 +1,84 @@
+"""Data parallel is really data parallel: two CPU processes (gloo, ``accelerate launch``) train, and after
+several optimizer steps every replica holds the same parameters (gradients were averaged), which differ from
+the initialisation (training happened). Each process dumps its own copy when training ends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from test_training_scripts import EXAMPLES, codes_dir, digits, tokenizer_dir  # noqa: F401  (fixtures)
+
+LAUNCH = [
+    *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+    *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
+]
+
+# Runs an example as __main__; when it ends training, every process writes its own unwrapped models.
+DUMP_REPLICAS = textwrap.dedent(
+    """
+    import runpy, sys
+    from accelerate import Accelerator
+    from safetensors.torch import save_file
+
+    out, script = sys.argv[1], sys.argv[2]
+    end_training = Accelerator.end_training
+
+    def dump_then_end(self):
+        for i, model in enumerate(self._models):
+            state = {k: v.detach().cpu().clone() for k, v in self.unwrap_model(model).state_dict().items()}
+            save_file(state, f"{out}/rank{self.process_index}-model{i}.safetensors")
+        end_training(self)
+
+    Accelerator.end_training = dump_then_end
+    sys.argv = sys.argv[2:]
+    runpy.run_path(script, run_name="__main__")
+    """
+)
+
+
+def _launch_and_dump(tmp_path: Path, script: str, args: list[str]) -> tuple[dict, dict]:
+    runner = tmp_path / "dump_replicas.py"
+    runner.write_text(DUMP_REPLICAS)
+    dumps = tmp_path / "replicas"
+    dumps.mkdir()
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*LAUNCH, str(runner), str(dumps), str(EXAMPLES / script), *args], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return load_file(dumps / "rank0-model0.safetensors"), load_file(dumps / "rank1-model0.safetensors")
+
+
+def _assert_same_replicas(rank0: dict, rank1: dict) -> None:
+    assert rank0.keys() == rank1.keys()
+    differing = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
+    assert not differing, f"replicas diverged (gradients not averaged): {differing[:5]}"
+
+
+def test_mergear_replicas_stay_identical(codes_dir, tmp_path):  # noqa: F811
+    args = [
+        *("--codes", str(codes_dir), "--preset", "tiny", "--batch-size", "4", "--max-steps", "4"),
+        *("--save-every", "100", "--log-every", "1", "--config-overrides", '{"num_classes": 10}'),
+        *("--output-dir", str(tmp_path / "run")),
+    ]
+    rank0, rank1 = _launch_and_dump(tmp_path, "train_mergear.py", args)
+    _assert_same_replicas(rank0, rank1)
+    final = load_file(tmp_path / "run/final/model.safetensors")
+    assert all(torch.equal(final[k], rank0[k]) for k in final)
+
+
+def test_tokenizer_replicas_stay_identical(digits, tmp_path):  # noqa: F811
+    args = [
+        *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "4", "--max-steps", "3"),
+        *("--save-every", "100", "--eval-split", "", "--teacher", "", "--source-recovery", "--log-every", "1"),
+        *("--shuffle-buffer", "16", "--output-dir", str(tmp_path / "run")),
+    ]
+    rank0, rank1 = _launch_and_dump(tmp_path, "train_tokenizer.py", args)
+    _assert_same_replicas(rank0, rank1)
