@@ -12,6 +12,7 @@ from conftest import run_without_mergevq_hf
 from mergevq_hf import MergeARConfig, MergeARForCausalLM, MergePruningCache
 from mergevq_hf.models.mergear import duplicate_mask, generate_codes, sample
 from mergevq_hf.models.mergear.generation import filter_logits
+from mergevq_hf.models.mergear.modeling_mergear import CACHE_NAME
 
 
 def _model(preset="tiny", **overrides):
@@ -125,7 +126,7 @@ def test_generate_builds_its_own_pruning_cache_and_matches_own_loop(preset, guid
     own_cache = model.new_cache()
     ours = generate_codes(model, labels, counts, guidance_scale=guidance_scale, temperature=0, cache=own_cache)
     assert torch.equal(out.sequences[:, 2:], ours)
-    cache = out.cache
+    cache = getattr(out, CACHE_NAME)  # "past_key_values" on transformers < 5.24
     assert isinstance(cache, MergePruningCache)
     expected = torch.tensor([2 + len(set(row[:-1].tolist())) for row in ours])  # last code is never fed
     assert torch.equal(cache.num_stored, expected)
@@ -140,8 +141,15 @@ def test_generation_config_ships_with_the_model(tmp_path):
     assert saved["max_new_tokens"] == model.config.num_positions and saved["do_sample"] is True
     loaded = MergeARForCausalLM.from_pretrained(tmp_path / "m")
     assert loaded.generation_config.max_new_tokens == model.config.num_positions
+    # a folder saved before these defaults (plain generation config): generate() still completes the L codes
+    (tmp_path / "m" / "generation_config.json").write_text('{"use_cache": true}')
+    old = MergeARForCausalLM.from_pretrained(tmp_path / "m")
+    assert old.generation_config.max_new_tokens is None
+    out = old.generate(input_ids=old.prompt_ids([1], 8), do_sample=False)
+    assert out.shape == (1, 2 + model.config.num_positions)
 
 
+@pytest.mark.skipif(CACHE_NAME != "cache", reason="past_key_values is deprecated from transformers 5.24 on")
 def test_past_key_values_is_a_deprecated_alias():
     model = _model()
     ids = model.prompt_ids([1], 8)

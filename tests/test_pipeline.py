@@ -175,3 +175,106 @@ def test_diffusers_loader_accepts_the_folder(default_pipe, tmp_path):
     again = MergeVQPipeline.from_pretrained(tmp_path / "from_diffusers")
     again.progress = False
     assert np.array_equal(a, again(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np").images)
+
+
+# ---------------------------------------------------------------------- bad input: clear errors, no silent defaults
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_tokens": 0}, ValueError, r"num_tokens=0 is out of range; allowed: None .* 1\.\.64"),
+        ({"num_tokens": 65}, ValueError, r"num_tokens=65 is out of range"),
+        ({"num_tokens": -3}, ValueError, r"num_tokens=-3 is out of range"),
+        ({"num_tokens": 1.5}, TypeError, r"num_tokens=1\.5; allowed: None .* an int in 1\.\.64"),
+        ({"num_tokens": True}, TypeError, r"num_tokens=True"),
+        ({"guidance_scale": -1.0}, ValueError, r"guidance_scale=-1\.0; allowed: a finite number >= 1 \(1 = no guid"),
+        ({"guidance_scale": 0.5}, ValueError, r"guidance_scale=0\.5; allowed: a finite number >= 1"),
+        ({"guidance_scale": float("nan")}, ValueError, r"guidance_scale=nan"),
+        ({"guidance_scale": float("inf")}, ValueError, r"guidance_scale=inf"),
+        ({"guidance_scale": "2"}, TypeError, r"guidance_scale='2'"),
+        ({"temperature": float("nan")}, ValueError, r"temperature=nan; allowed: a finite number >= 0"),
+        ({"temperature": -0.1}, ValueError, r"temperature=-0\.1"),
+        ({"top_k": -1}, ValueError, r"top_k=-1; allowed: an int >= 0"),
+        ({"top_k": 2.5}, TypeError, r"top_k=2\.5"),
+        ({"top_p": float("nan")}, ValueError, r"top_p=nan; allowed: a number in \(0, 1\]"),
+        ({"top_p": 0.0}, ValueError, r"top_p=0\.0"),
+        ({"top_p": 1.5}, ValueError, r"top_p=1\.5"),
+        ({"class_labels": []}, ValueError, r"class_labels is empty"),
+        ({"class_labels": ()}, ValueError, r"class_labels is empty"),
+        ({"class_labels": None}, TypeError, r"class_labels is None"),
+        ({"num_images_per_label": 0}, ValueError, r"num_images_per_label=0; allowed: an int >= 1"),
+        ({"num_images_per_label": 2.0}, TypeError, r"num_images_per_label=2\.0"),
+        ({"generator": [object()]}, TypeError, r"torch\.Generator"),
+    ],
+)
+def test_bad_call_arguments_raise_clear_errors(default_pipe, kwargs, error, match):
+    kwargs = {"class_labels": [1], **kwargs}
+    with pytest.raises(error, match=match):
+        default_pipe(**kwargs)
+    with pytest.raises(error, match=match):
+        default_pipe.check_inputs(**kwargs)
+
+
+def test_check_inputs_accepts_the_edges(default_pipe):
+    assert default_pipe.check_inputs([1]) == default_pipe.tokenizer.config.num_tokens  # None -> the tokenizer's K
+    assert default_pipe.check_inputs(3, num_tokens=np.int64(64), guidance_scale=1, top_p=1.0, temperature=0) == 64
+    assert default_pipe.check_inputs("7", num_tokens=torch.tensor(1)) == 1
+    out = default_pipe(class_labels=[2], num_tokens=1, guidance_scale=1.0, temperature=0.0, output_type="pt")
+    assert out.codes.shape == (1, 64)
+
+
+def test_from_pretrained_missing_local_path_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a local path must not go to the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    for missing in (tmp_path / "missing", str(tmp_path / "missing"), "./missing-pipe", "~/missing-pipe", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=r"local path .*missing.* was not found|local path 'a/b/c' was not"):
+            MergeVQPipeline.from_pretrained(missing)
+
+
+def test_from_pretrained_hub_id_goes_to_snapshot_download(default_pipe, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    default_pipe.save_pretrained(tmp_path / "snapshot")
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    pipe = MergeVQPipeline.from_pretrained("someone/model", revision="main")
+    assert calls == [("someone/model", {"revision": "main"})]
+    assert isinstance(pipe, MergeVQPipeline)
+
+
+def test_hub_repo_id_rule():
+    from mergevq_hf.hub import check_pretrained_path, is_hub_repo_id
+
+    for name in ("someone/model", "model", "Org-1/model_v2.0", "a/b"):
+        assert is_hub_repo_id(name), name
+    for name in ("/abs/path", "./rel", "../up", "~/home", "a/b/c", "a b", "a--b", "a..b", "dir/", "", ".hidden"):
+        assert not is_hub_repo_id(name), name
+    assert check_pretrained_path("someone/model") == "someone/model"  # left to the Hub
+    with pytest.raises(TypeError, match="local path or a Hub repo id"):
+        check_pretrained_path("")
+
+
+def test_encode_rejects_pixels_outside_minus_one_one(tiny_tokenizer):
+    r = tiny_tokenizer.config.resolution
+    pixels = torch.rand(1, 3, r, r) * 2 - 1
+    with torch.no_grad():
+        tiny_tokenizer.encode(pixels)  # [-1, 1] is accepted
+        tiny_tokenizer.encode(pixels.clamp(-1, 1) * (1 + 5e-4))  # within the 1e-3 tolerance
+        with pytest.raises(ValueError, match=r"range \[0, 255\] is outside the expected \[-1, 1\].*x / 127\.5 - 1"):
+            tiny_tokenizer.encode(torch.linspace(0, 255, 3 * r * r).reshape(1, 3, r, r))
+        with pytest.raises(ValueError, match=r"outside the expected \[-1, 1\]"):
+            tiny_tokenizer.encode(pixels.clamp(-1, 1) * 1.01)
+        with pytest.raises(TypeError, match="floating point in \\[-1, 1\\], got dtype torch.uint8"):
+            tiny_tokenizer.encode(torch.zeros(1, 3, r, r, dtype=torch.uint8))
+        with pytest.raises(TypeError, match="got dtype torch.int64"):
+            tiny_tokenizer.encode(torch.zeros(1, 3, r, r, dtype=torch.long))
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            tiny_tokenizer.encode(torch.full((1, 3, r, r), float("inf")))

@@ -1,4 +1,8 @@
-"""``mergevq`` console script: a thin face over the package (parse arguments, call, report)."""
+"""``mergevq`` console script: a thin face over the package (parse arguments, call, report).
+
+Bad input (a missing file or model folder, an out-of-range K, an unknown class) ends with one line on stderr,
+``mergevq <command>: error: <message>``, and exit status 2; ``mergevq --debug <command> ...`` shows the traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,21 @@ def _reconstruct(args: argparse.Namespace) -> int:
     import torch
 
     from .defaults import default_tokenizer
+    from .hub import check_pretrained_path
     from .image_utils import EXAMPLE_IMAGE, load_image, make_grid, psnr
     from .models.tokenizer import MergeVQModel
 
-    tokenizer = MergeVQModel.from_pretrained(args.model).eval() if args.model else default_tokenizer()
-    size = tokenizer.config.resolution
     paths = args.images or [EXAMPLE_IMAGE]
-    pixels = torch.stack([load_image(p, size) for p in paths])
+    for path in paths:
+        if not Path(path).is_file():
+            what = "is not a file" if Path(path).exists() else "was not found"
+            raise FileNotFoundError(f"image {str(path)!r} {what}")
+    if args.model:
+        tokenizer = MergeVQModel.from_pretrained(check_pretrained_path(args.model)).eval()
+    else:
+        tokenizer = default_tokenizer()
+    size = tokenizer.config.resolution
+    pixels = torch.stack([_load_image(load_image, p, size) for p in paths])
     rows, report = [pixels], {"model": args.model or "embedded-default", "images": [str(p) for p in paths]}
     num_tokens_list = args.num_tokens or [tokenizer.config.num_tokens]
     with torch.no_grad():
@@ -37,16 +49,25 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_image(load_image, path, size):
+    try:
+        return load_image(path, size)
+    except OSError as error:  # PIL's UnidentifiedImageError, truncated or unreadable files
+        raise OSError(f"cannot read image {str(path)!r}: {error}") from error
+
+
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from .image_utils import make_grid
     from .pipelines import MergeVQPipeline
 
-    pipe = MergeVQPipeline.from_pretrained(args.model)
     labels = (args.class_id or []) + (args.class_name or [])
     if not labels:
-        raise SystemExit("mergevq generate: give at least one --class-id or --class-name")
+        raise ValueError("no class given; give at least one --class-id or --class-name")
+    if args.scale < 1:
+        raise ValueError(f"--scale {args.scale}; allowed: an int >= 1 (1 = no upscaling)")
+    pipe = MergeVQPipeline.from_pretrained(args.model)
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels) * args.num_images)]
     out = pipe(
         class_labels=labels,
@@ -85,12 +106,13 @@ def _convert(args: argparse.Namespace) -> int:
 def _extract_codes(args: argparse.Namespace) -> int:
     import torch
 
+    from .hub import check_pretrained_path
     from .models.tokenizer import MergeVQModel
     from .training.codes import extract_codes
     from .training.data import DataConfig, make_dataloader
     from .training.merge_sampling import MergeRatioSampler
 
-    tokenizer = MergeVQModel.from_pretrained(args.tokenizer).eval()
+    tokenizer = MergeVQModel.from_pretrained(check_pretrained_path(args.tokenizer)).eval()
     if args.device:
         tokenizer = tokenizer.to(torch.device(args.device))
     size = tokenizer.config.resolution
@@ -121,28 +143,62 @@ def _extract_codes(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergevq", description="MergeVQ tokenizer and generators.")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the full traceback (default: one-line message)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruct", help="encode images into K merged tokens and decode them back (PNG grid)")
     rec.add_argument("images", nargs="*", help="image files (default: the bundled astronaut photo)")
     rec.add_argument("--model", help="save_pretrained folder or Hub id (default: the embedded default tokenizer)")
-    rec.add_argument("--num-tokens", "-k", type=int, action="append", help="kept tokens K (repeatable)")
-    rec.add_argument("--output", "-o", default="reconstruction.png", help="PNG grid: originals, then one row per K")
+    rec.add_argument(
+        "--num-tokens",
+        "-k",
+        type=int,
+        action="append",
+        help="kept tokens K, 1..L (repeatable; default: the tokenizer's K)",
+    )
+    rec.add_argument(
+        "--output",
+        "-o",
+        default="reconstruction.png",
+        help="PNG grid: originals, then one row per K (default: %(default)s)",
+    )
     rec.set_defaults(func=_reconstruct)
 
     gen = sub.add_parser("generate", help="class-conditional images with MergeAR (PNG grid, one row per label)")
-    gen.add_argument("--class-id", type=int, action="append", help="class id (repeatable)")
-    gen.add_argument("--class-name", action="append", help="class name, e.g. 'golden retriever' (repeatable)")
+    gen.add_argument(
+        "--class-id",
+        type=int,
+        action="append",
+        help="class id, 0..num_classes-1 (repeatable; default: none, give at least one --class-id or --class-name)",
+    )
+    gen.add_argument(
+        "--class-name",
+        action="append",
+        help="class name, e.g. 'golden retriever' (repeatable; default: none)",
+    )
     gen.add_argument("--model", help="pipeline folder or Hub id (default: the embedded digits pipeline)")
-    gen.add_argument("--num-images", type=int, default=4, help="images per label")
-    gen.add_argument("--num-tokens", "-k", type=int, help="merge instruction K (default: the tokenizer's)")
-    gen.add_argument("--guidance-scale", type=float, default=2.0)
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    gen.add_argument("--scale", type=int, default=4, help="upscale the grid for viewing")
-    gen.add_argument("--output", "-o", default="generated.png")
+    gen.add_argument("--num-images", type=int, default=4, help="images per label, >= 1 (default: %(default)s)")
+    gen.add_argument("--num-tokens", "-k", type=int, help="merge instruction K, 1..L (default: the tokenizer's K)")
+    gen.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=2.0,
+        help="classifier-free guidance scale, finite and >= 1; 1 = no guidance (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature, >= 0; 0 = greedy (default: %(default)s)"
+    )
+    gen.add_argument(
+        "--top-k", type=int, default=0, help="keep the k most likely values, >= 0; 0 = off (default: %(default)s)"
+    )
+    gen.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 = off (default: %(default)s)"
+    )
+    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
+    gen.add_argument("--scale", type=int, default=4, help="upscale the grid for viewing, >= 1 (default: %(default)s)")
+    gen.add_argument("--output", "-o", default="generated.png", help="output PNG grid (default: %(default)s)")
     gen.set_defaults(func=_generate)
 
     conv = sub.add_parser("convert-official", help="official Lightning checkpoint + YAML -> save_pretrained folder")
@@ -173,9 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# bad input: reported as one line (exit status 2) unless --debug; any other exception is a bug and propagates
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"mergevq {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Push models and pipelines to the Hugging Face Hub with model cards from the ``model_cards/`` templates."""
+"""Hugging Face Hub helpers: tell a local path from a Hub repo id (a missing local path is a clear error, not a
+confusing Hub one), and push models and pipelines with model cards from the ``model_cards/`` templates."""
 
 from __future__ import annotations
 
+import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -15,6 +18,59 @@ KIND_BY_CLASS = {
     "MergeVQPipeline": "pipeline",
     "SourceRecoveryModel": "source_recovery",
 }
+
+
+# a Hub repo id is ``name`` or ``namespace/name``; like the Hub, each part starts and ends with a letter, digit or
+# "_", has no "--" or "..", and the name has at most 96 characters
+_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}")
+
+
+def is_hub_repo_id(name: str) -> bool:
+    """Whether the string ``name`` could be a Hub repo id (``name`` or ``namespace/name``, characters
+    ``[A-Za-z0-9._-]``, no leading ``/``, ``.`` or ``~``, at most one ``/``, no ``--`` or ``..``)."""
+    return (
+        isinstance(name, str)
+        and _REPO_ID.fullmatch(name) is not None
+        and len(name.rsplit("/", 1)[-1]) <= 96
+        and "--" not in name
+        and ".." not in name
+    )
+
+
+def check_pretrained_path(name_or_path: str | os.PathLike) -> Path | str:
+    """The one rule for "local path or Hub id": an existing path is returned as a ``Path``; a string that could be
+    a Hub repo id is returned unchanged (for ``from_pretrained`` / ``snapshot_download``); anything else (a
+    ``pathlib.Path``, or a string that cannot be a repo id such as ``./x``, ``/x``, ``~/x``, ``a/b/c``) that does
+    not exist raises ``FileNotFoundError`` saying the local path was not found."""
+    if isinstance(name_or_path, os.PathLike):  # a pathlib.Path is always local
+        path = Path(name_or_path)
+        if path.exists():
+            return path
+        raise FileNotFoundError(f"local path {str(name_or_path)!r} was not found")
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise TypeError(f"expected a local path or a Hub repo id ('namespace/name'), got {name_or_path!r}")
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    if is_hub_repo_id(name_or_path):
+        return name_or_path
+    raise FileNotFoundError(
+        f"local path {name_or_path!r} was not found (and it cannot be a Hub repo id, which is 'name' or "
+        "'namespace/name' with characters A-Z a-z 0-9 . _ -)"
+    )
+
+
+def resolve_pretrained_path(name_or_path: str | os.PathLike, **download_kwargs) -> Path:
+    """A local folder for ``name_or_path``: an existing path as is, a Hub repo id downloaded with
+    ``huggingface_hub.snapshot_download(repo_id, **download_kwargs)``; a missing local path raises
+    ``FileNotFoundError`` (see :func:`check_pretrained_path`)."""
+    checked = check_pretrained_path(name_or_path)
+    if isinstance(checked, Path):
+        return checked
+    import huggingface_hub
+
+    return Path(huggingface_hub.snapshot_download(checked, **download_kwargs))
 
 
 def push_to_hub(

@@ -7,6 +7,8 @@ Saved as a diffusers-style folder: ``model_index.json`` plus one subfolder per c
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,17 +128,22 @@ class MergeVQPipeline:
 
         generator: one ``torch.Generator`` per image (an image then depends only on its generator and label,
         not on the rest of the batch), or a single one from which per-image seeds are drawn in order.
-        num_tokens: K given to the merge-instruction token (default: the tokenizer's K).
+        num_tokens: K given to the merge-instruction token, 1..L (default: the tokenizer's K).
+        Every argument is checked first by :meth:`check_inputs` (``ValueError`` / ``TypeError`` on bad values).
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r}; allowed: {OUTPUT_TYPES}")
-        if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
-            raise ValueError(f"num_images_per_label={num_images_per_label!r}; allowed: an int >= 1")
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: need >= 0, >= 0, in (0, 1]")
+        num_tokens = self.check_inputs(
+            class_labels,
+            num_images_per_label=num_images_per_label,
+            num_tokens=num_tokens,
+            guidance_scale=guidance_scale,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            output_type=output_type,
+        )
         labels = [i for i in self.get_label_ids(class_labels) for _ in range(num_images_per_label)]
         generators = self._per_image_generators(generator, len(labels))
-        num_tokens = num_tokens or self.tokenizer.config.num_tokens
         device = self.generator.device
         progress = (lambda steps: tqdm(steps, desc="MergeAR", leave=False)) if self.progress else None
         codes = generate_codes(
@@ -157,6 +164,82 @@ class MergeVQPipeline:
             images = images.permute(0, 2, 3, 1).float().cpu().numpy()
         out = MergeVQPipelineOutput(images=images, codes=codes, labels=labels)
         return out if return_dict else (images,)
+
+    def check_inputs(
+        self,
+        class_labels,
+        num_images_per_label: int = 1,
+        num_tokens: int | None = None,
+        guidance_scale: float = 2.0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator=None,
+        output_type: str = "pil",
+    ) -> int:
+        """Validate the arguments of :meth:`__call__` before any work; raise ``ValueError`` / ``TypeError`` naming
+        the bad value and what is allowed (never fall back to a default silently). Returns the K to use."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}; allowed: {OUTPUT_TYPES}")
+        if class_labels is None:
+            raise TypeError("class_labels is None; give a class id, a class name, or a non-empty list of them")
+        is_scalar = isinstance(class_labels, (int, str, np.integer)) or (
+            isinstance(class_labels, torch.Tensor) and class_labels.dim() == 0
+        )
+        if not is_scalar:
+            if not hasattr(class_labels, "__len__"):
+                raise TypeError(
+                    f"class_labels must be an int, a name or a sequence of them, got {type(class_labels).__name__}"
+                )
+            if len(class_labels) == 0:
+                raise ValueError("class_labels is empty; allowed: a class id, a class name, or a non-empty list")
+        if not _is_int(num_images_per_label):
+            raise TypeError(f"num_images_per_label={num_images_per_label!r}; allowed: an int >= 1")
+        if num_images_per_label < 1:
+            raise ValueError(f"num_images_per_label={num_images_per_label!r}; allowed: an int >= 1")
+        num_positions = self.tokenizer.config.num_positions
+        if isinstance(num_tokens, torch.Tensor) and num_tokens.dim() == 0 and not num_tokens.is_floating_point():
+            num_tokens = int(num_tokens)
+        if num_tokens is None:
+            num_tokens = self.tokenizer.config.num_tokens
+        elif not _is_int(num_tokens):
+            raise TypeError(
+                f"num_tokens={num_tokens!r}; allowed: None (the tokenizer's K) or an int in 1..{num_positions}"
+            )
+        elif not 1 <= num_tokens <= num_positions:
+            raise ValueError(
+                f"num_tokens={num_tokens} is out of range; allowed: None (the tokenizer's K) or an int in "
+                f"1..{num_positions} (L, the number of positions)"
+            )
+        if not _is_real(guidance_scale):
+            raise TypeError(f"guidance_scale={guidance_scale!r}; allowed: a finite number >= 1 (1 = no guidance)")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 1):
+            raise ValueError(
+                f"guidance_scale={guidance_scale!r}; allowed: a finite number >= 1 (1 = no guidance, "
+                "> 1 = classifier-free guidance)"
+            )
+        if not _is_real(temperature):
+            raise TypeError(f"temperature={temperature!r}; allowed: a finite number >= 0 (0 = greedy)")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature={temperature!r}; allowed: a finite number >= 0 (0 = greedy)")
+        if not _is_int(top_k):
+            raise TypeError(f"top_k={top_k!r}; allowed: an int >= 0 (0 = no top-k filtering)")
+        if top_k < 0:
+            raise ValueError(f"top_k={top_k!r}; allowed: an int >= 0 (0 = no top-k filtering)")
+        if not _is_real(top_p):
+            raise TypeError(f"top_p={top_p!r}; allowed: a number in (0, 1] (1 = no nucleus filtering)")
+        if not (math.isfinite(top_p) and 0 < top_p <= 1):
+            raise ValueError(f"top_p={top_p!r}; allowed: a number in (0, 1] (1 = no nucleus filtering)")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            if not hasattr(generator, "__iter__") or isinstance(generator, (str, bytes)):
+                raise TypeError(
+                    f"generator={generator!r}; allowed: None, a torch.Generator or one torch.Generator per image"
+                )
+            if isinstance(generator, Sequence):
+                bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+                if bad:
+                    raise TypeError(f"generator list holds {bad[0]}; allowed: torch.Generator objects only")
+        return int(num_tokens)
 
     @staticmethod
     def _per_image_generators(generator, count: int) -> list[torch.Generator]:
@@ -210,17 +293,16 @@ class MergeVQPipeline:
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs) -> MergeVQPipeline:
         """Load a pipeline folder, a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``), or,
         with no argument, the embedded default (tiny digits models shipped in the package; offline)."""
-        path = Path(pretrained_model_name_or_path) if pretrained_model_name_or_path else DEFAULT_PIPELINE_DIR
-        if not path.exists():
-            if pretrained_model_name_or_path is None:
-                raise FileNotFoundError(f"the embedded default pipeline is missing from {path}")
-            from huggingface_hub import snapshot_download
+        from ..hub import resolve_pretrained_path
 
-            path = Path(
-                snapshot_download(
-                    str(pretrained_model_name_or_path),
-                    **{k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs},
-                )
+        if pretrained_model_name_or_path is None:
+            path = DEFAULT_PIPELINE_DIR
+            if not path.exists():
+                raise FileNotFoundError(f"the embedded default pipeline is missing from {path}")
+        else:
+            download_keys = ("revision", "token", "cache_dir", "local_files_only")
+            path = resolve_pretrained_path(
+                pretrained_model_name_or_path, **{k: kwargs.pop(k) for k in download_keys if k in kwargs}
             )
         index_file = path / "model_index.json"
         if not index_file.exists():
@@ -235,6 +317,14 @@ class MergeVQPipeline:
         if missing:
             raise ValueError(f"{index_file} lists no {missing}")
         return cls(**components)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _imagenet_class_names() -> list[str] | None:

@@ -21,12 +21,21 @@ from transformers.utils import ModelOutput
 from .cache import MergePruningCache, duplicate_mask
 from .configuration_mergear import MergeARConfig
 
+try:  # the name of the cache in outputs and generate(): "cache" from transformers 5.24, "past_key_values" before
+    from transformers.generation.utils import ALL_CACHE_NAMES
+
+    CACHE_NAME = ALL_CACHE_NAMES[0]
+except ImportError:  # pragma: no cover
+    CACHE_NAME = "cache"
+
 
 def _cache_argument(cache, past_key_values, where: str):
     """``cache`` is the name transformers uses since 5.24; ``past_key_values`` stays a deprecated alias."""
     if past_key_values is not None:
         if cache is not None and cache is not past_key_values:
             raise ValueError(f"{where}: pass the cache once, as `cache` (`past_key_values` is its deprecated alias)")
+        if CACHE_NAME == "past_key_values":  # the current name on transformers < 5.24
+            return past_key_values
         warnings.warn(
             f"{where}: `past_key_values` is deprecated, pass `cache=` (transformers >= 5.24 naming)",
             FutureWarning,
@@ -43,13 +52,20 @@ class MergeARCausalLMOutput(ModelOutput):
     distribution (V = 2**code_dim), computed only when asked (``output_joint_logits=True``, as ``generate()``
     does), never in training; only the last ``logits_to_keep`` positions when set.
     factor_logits: one [B, T', 2**bits] tensor per factor (what training and ``generate_codes`` use).
-    cache: the ``MergePruningCache`` holding this sequence's keys/values (``past_key_values`` before
-    transformers 5.24)."""
+    cache: the ``MergePruningCache`` holding this sequence's keys/values (the field is ``past_key_values`` on
+    transformers < 5.24, where ``.cache`` reads it)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     factor_logits: tuple[torch.FloatTensor, ...] | None = None
-    cache: MergePruningCache | None = None
+    if CACHE_NAME == "cache":
+        cache: MergePruningCache | None = None
+    else:  # pragma: no cover (exercised in the minimum-versions environment)
+        past_key_values: MergePruningCache | None = None
+
+        @property
+        def cache(self) -> MergePruningCache | None:
+            return self.past_key_values
 
 
 class RMSNorm(nn.Module):
@@ -344,7 +360,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             if output_joint_logits is None:
                 output_joint_logits = cache is not None and labels is None
             logits = self.joint_log_probs(factor_logits) if output_joint_logits else None
-        return MergeARCausalLMOutput(loss=loss, logits=logits, factor_logits=factor_logits, cache=cache)
+        return MergeARCausalLMOutput(loss=loss, logits=logits, factor_logits=factor_logits, **{CACHE_NAME: cache})
 
     @staticmethod
     def joint_log_probs(factor_logits) -> torch.Tensor:
@@ -405,7 +421,11 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         given, and ``guidance_scale != 1`` runs the null-class prompt (``null_prompt_like(input_ids)``) as the
         unconditional branch; under greedy decoding this gives the same codes as ``generate_codes``."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        scale = kwargs.get("guidance_scale", (generation_config or self.generation_config).guidance_scale)
+        config = generation_config or self.generation_config
+        if input_ids is not None and config.max_new_tokens is None and not {"max_new_tokens", "max_length"} & set(kwargs):
+            # a folder saved without MergeAR's generation defaults: still complete the L codes
+            kwargs["max_new_tokens"] = self.config.num_start_tokens + self.config.num_positions - input_ids.shape[1]
+        scale = kwargs.get("guidance_scale", config.guidance_scale)
         if input_ids is not None and scale is not None and scale != 1 and kwargs.get("negative_prompt_ids") is None:
             kwargs["negative_prompt_ids"] = self.null_prompt_like(input_ids)
         return super().generate(inputs, generation_config, **kwargs)

@@ -420,9 +420,20 @@ class MergeVQModel(MergeVQPreTrainedModel):
                 f"pixel_values has resolution {tuple(pixel_values.shape[2:])}; this tokenizer takes {r}x{r}"
             )
         if not pixel_values.is_floating_point():
-            raise TypeError(f"pixel_values must be floating point in [-1, 1], got dtype {pixel_values.dtype}")
-        if not torch.isfinite(pixel_values).all():
-            raise ValueError("pixel_values contains NaN or infinite values")
+            raise TypeError(
+                f"pixel_values must be floating point in [-1, 1], got dtype {pixel_values.dtype}; "
+                "convert uint8 images with x / 127.5 - 1"
+            )
+        if pixel_values.numel() == 0:
+            return
+        low, high = torch.stack(torch.aminmax(pixel_values.detach())).tolist()  # one reduction; NaN propagates
+        if not (abs(low) < float("inf") and abs(high) < float("inf")):
+            raise ValueError("pixel_values contains NaN or infinite values; expected finite values in [-1, 1]")
+        if low < -1 - 1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f"pixel_values range [{low:.4g}, {high:.4g}] is outside the expected [-1, 1]; "
+                "convert uint8 images with x / 127.5 - 1"
+            )
 
     def _check_num_tokens(self, num_tokens: int | None) -> int:
         if num_tokens is None:
