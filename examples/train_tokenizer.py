@@ -9,6 +9,8 @@ Reads top to bottom: arguments -> model (+ EMA) -> optimizer -> data (sharded pe
 (resume) -> one loop: sample K per step, loss, backward, clip, step, EMA, log to ``metrics.jsonl``,
 evaluate PSNR/codebook usage on held-out data, reconstruction grids as PNG, atomic checkpoints with
 ``--total-limit``; finally the EMA weights exported with ``save_pretrained`` and a model card.
+A checkpoint holds the tokenizer (+ source recovery), both Adam states, the EMA weights, the discriminator and
+LeCam EMAs, counters and RNG states, nothing frozen (LPIPS, teacher); see ``mergevq_hf.training.trainer_utils``.
 Loss (``--loss-config`` JSON overrides ``MergeVQLossConfig``, official weights by default): L1 + LPIPS-VGG +
 PatchGAN (non-saturating generator term, hinge discriminator, LeCam) + LFQ commitment and entropy + CLS
 alignment with a frozen teacher (``--teacher``, default facebook/dinov2-base; ``--teacher ''`` turns it off)
@@ -39,7 +41,15 @@ from mergevq_hf.training.ema import EMAModel
 from mergevq_hf.training.losses import MergeVQLoss, MergeVQLossConfig
 from mergevq_hf.training.merge_sampling import MergeRatioSampler
 from mergevq_hf.training.teacher import load_teacher
-from mergevq_hf.training.trainer_utils import MetricsLogger, TrainingState, resume_from, save_checkpoint, step_drop_lr
+from mergevq_hf.training.trainer_utils import (
+    MetricsLogger,
+    ModuleStateSubset,
+    TrainingState,
+    register_for_checkpointing,
+    resume_from,
+    save_checkpoint,
+    step_drop_lr,
+)
 
 
 def parse_args(argv=None):
@@ -190,7 +200,10 @@ def main(argv=None):
     ema.shadow.to(accelerator.device)
     set_seed(args.seed, device_specific=True)  # from here on, per-process randomness (drop path, ...)
     state = TrainingState()
-    accelerator.register_for_checkpointing(state, ema, loss_fn)
+    # safetensors, no pickle; of the loss only its trainable/mutable state (not the frozen LPIPS network)
+    register_for_checkpointing(
+        accelerator, training=state, ema=ema, gan=ModuleStateSubset(loss_fn, "discriminator", "lecam")
+    )
     if args.report_to:
         accelerator.init_trackers("mergevq-tokenizer", config=vars(args))
     resumed = resume_from(accelerator, output, args.resume)

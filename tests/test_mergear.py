@@ -134,6 +134,14 @@ def test_generate_builds_its_own_pruning_cache_and_matches_own_loop(preset, guid
     assert cache.num_stored.max() < 2 + model.config.num_positions - 1, "duplicates were pruned"
 
 
+def test_generate_with_a_given_cache():
+    model = _model("tiny-factorized")
+    cache = model.new_cache()
+    out = model.generate(input_ids=model.prompt_ids([4], 16), do_sample=False, **{CACHE_NAME: cache})
+    assert torch.equal(out[:, 2:], generate_codes(model, [4], 16, temperature=0))
+    assert cache.seen_tokens == 2 + model.config.num_positions - 1, "the given cache was used"
+
+
 def test_generation_config_ships_with_the_model(tmp_path):
     model = _model()
     model.save_pretrained(tmp_path / "m")

@@ -131,9 +131,13 @@ def tiny_teacher(tmp_path_factory):
     return path
 
 
-def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path):
+def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path, monkeypatch):
     """Full stage-1 loss (L1, LPIPS, GAN + LeCam, LFQ, alignment with a teacher, source recovery): an interrupted
-    and resumed run ends bit-identical to an uninterrupted one."""
+    and resumed run ends bit-identical to an uninterrupted one, with the same metrics.jsonl steps. The interrupted
+    run got to step 3 and its newest checkpoint (step-3) lost half its weights file: ``--resume latest`` warns,
+    takes step-2, drops the step-3 metrics row and never calls torch.load without weights_only=True."""
+    from mergevq_hf.training.trainer_utils import CheckpointWarning
+
     train = _example("train_tokenizer").main
     common = [
         *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "8", "--save-every", "2"),
@@ -141,8 +145,18 @@ def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path):
         *("--shuffle-buffer", "32", "--teacher", str(tiny_teacher), "--source-recovery", "--log-every", "1"),
     ]
     train([*common, "--output-dir", str(tmp_path / "straight"), "--max-steps", "4"])
-    train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "2"])
-    train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "4", "--resume", "latest"])
+    train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "3"])
+    weights = tmp_path / "resumed/checkpoints/step-3/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    real_load = torch.load
+
+    def guarded_load(*args, **kwargs):
+        assert kwargs.get("weights_only") is True, f"torch.load without weights_only=True: {args}"
+        return real_load(*args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.warns(CheckpointWarning, match="skipping .*step-3: model.safetensors"):
+        patch.setattr(torch, "load", guarded_load)
+        train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "4", "--resume", "latest"])
     for name in ("model.safetensors", "source_recovery/model.safetensors"):
         a = load_file(tmp_path / "straight/final" / name)
         b = load_file(tmp_path / "resumed/final" / name)
@@ -151,6 +165,9 @@ def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path):
     train_rows = [row for row in logged if "total" in row]
     assert len(train_rows) == 4
     assert all(row["alignment"] > 0 and row["source"] > 0 and row["perceptual"] > 0 for row in train_rows)
+    resumed = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in resumed] == [row["step"] for row in logged] == [1, 2, 3, 4]
+    # the damaged step-3 was removed by the retention pass of the next save
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["step-2", "step-4"]
 
 
@@ -242,11 +259,16 @@ def test_two_process_gloo_training_resumes_exactly(digits, tmp_path):
         a = load_file(tmp_path / "straight/final" / name)
         b = load_file(tmp_path / "resumed/final" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    # both processes saved their RNG state: it really ran with 2 processes
-    assert sorted(p.name for p in (tmp_path / "straight/checkpoints/step-4").glob("random_states_*")) == [
-        "random_states_0.pkl",
-        "random_states_1.pkl",
+    # both processes saved their RNG state (safetensors, no pickle): it really ran with 2 processes
+    checkpoint = tmp_path / "straight/checkpoints/step-4"
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*")) == [
+        "rng_state_0.safetensors",
+        "rng_state_1.safetensors",
     ]
+    assert not list(checkpoint.glob("*.pkl"))
+    assert {"rng_state_0.safetensors", "rng_state_1.safetensors"} <= set(
+        json.loads((checkpoint / "COMPLETE").read_text())["files"]
+    )
 
 
 def test_fine_tune_default_models_on_an_imagefolder(tmp_path):

@@ -10,7 +10,9 @@ from torch import nn
 
 class EMAModel:
     """Keeps ``shadow``, a frozen copy of ``model`` whose parameters follow ``decay * shadow + (1 - decay) * model``.
-    Buffers are copied as they are. ``state_dict``/``load_state_dict`` make it checkpointable with accelerate."""
+    Buffers are copied as they are. ``state_dict`` is ``{"decay": float, "num_updates": int, "shadow": the shadow's
+    state dict}``: tensors and plain numbers only, so ``trainer_utils.register_for_checkpointing`` stores it in a
+    safetensors file (no pickle); ``load_state_dict`` also accepts the numbers as 0-d tensors."""
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
         if not 0.0 <= decay < 1.0:
@@ -31,5 +33,8 @@ class EMAModel:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay, self.num_updates = state["decay"], state["num_updates"]
+        decay, num_updates = float(state["decay"]), int(state["num_updates"])
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay={decay} in the state; allowed: 0 <= decay < 1")
         self.shadow.load_state_dict(state["shadow"])
+        self.decay, self.num_updates = decay, num_updates
