@@ -72,7 +72,8 @@ def main():
         print(
             f"  {variant:8s} peak {statistics.median(peaks):9.0f} MiB (spread {max(peaks) - min(peaks):6.0f}), "
             f"before step {statistics.median(r['before_step_mib'] for r in runs):7.0f} MiB, "
-            f"step {statistics.median(secs):6.1f} s (spread {max(secs) - min(secs):5.1f}), joint {runs[0]['joint_shape']}"
+            f"step {statistics.median(secs):6.1f} s (spread {max(secs) - min(secs):5.1f}), "
+            f"joint {runs[0]['joint_shape']}"
         )
     saved = statistics.median(r["peak_mib"] for r in results["joint"]) - statistics.median(
         r["peak_mib"] for r in results["factors"]

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import run_without_mergevq_hf
 from mergevq_hf import MergeARConfig, MergeARForCausalLM, MergePruningCache
-from mergevq_hf.models.mergear import duplicate_mask, generate_codes, sample
+from mergevq_hf.models.mergear import SampleNoise, duplicate_mask, generate_codes, sample
 from mergevq_hf.models.mergear.generation import filter_logits
 from mergevq_hf.models.mergear.modeling_mergear import CACHE_NAME
 
@@ -214,6 +214,25 @@ def test_sampling_filters():
     freq0 = (draws == 0).float().mean()
     expected = probs[0] / (probs[0] + probs[1])
     assert abs(freq0 - expected) < 0.1
+
+
+def test_sample_noise_is_per_row_and_uniform():
+    """Each row's stream depends only on its own generator (drawn once, on the generator's device); draws are
+    uniform in (0, 1) and successive draws differ."""
+    seeds = [3, 5, 8]
+    batch = SampleNoise([torch.Generator().manual_seed(s) for s in seeds], 3)
+    first, second = batch.uniform(1000), batch.uniform(1000)
+    single = SampleNoise([torch.Generator().manual_seed(5)], 1)
+    assert torch.equal(single.uniform(1000)[0], first[1]) and torch.equal(single.uniform(1000)[0], second[1])
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first, second)
+    values = torch.cat([first, second]).flatten()
+    assert 0 < values.min() and values.max() < 1 and abs(values.mean() - 0.5) < 0.01
+    assert abs(values.var() - 1 / 12) < 0.005
+    # sampling with per-row streams follows the distribution (Gumbel-max race)
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).expand(4000, -1)
+    draws = sample(logits, 1.0, generators=SampleNoise(torch.Generator().manual_seed(0), 4000))
+    freq = torch.bincount(draws, minlength=3).float() / 4000
+    torch.testing.assert_close(freq, logits[0].softmax(-1), atol=0.03, rtol=0)
 
 
 @pytest.mark.parametrize("drop_prob", [0.0, 1.0])

@@ -422,7 +422,8 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         unconditional branch; under greedy decoding this gives the same codes as ``generate_codes``."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         config = generation_config or self.generation_config
-        if input_ids is not None and config.max_new_tokens is None and not {"max_new_tokens", "max_length"} & set(kwargs):
+        length_given = "max_new_tokens" in kwargs or "max_length" in kwargs
+        if input_ids is not None and config.max_new_tokens is None and not length_given:
             # a folder saved without MergeAR's generation defaults: still complete the L codes
             kwargs["max_new_tokens"] = self.config.num_start_tokens + self.config.num_positions - input_ids.shape[1]
         scale = kwargs.get("guidance_scale", config.guidance_scale)
