@@ -235,6 +235,10 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, OSError)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:  # weight-loading bars of local models would bury the one line that matters
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     try:
         return args.func(args)
     except USER_ERRORS as error:
