@@ -51,3 +51,49 @@ def run_without_mergevq_hf(script: str, cwd) -> None:
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd), "HF_HOME": str(cwd) + "/hf"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd)
     assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ examples and the local data they train on
+EXAMPLES = REPO / "examples"
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module (its ``main(argv)`` runs the script in-process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """Local real data: sklearn's handwritten digits as a parquet dataset (32 px, 12 crops per image)."""
+    from mergevq_hf.training.data import build_local_dataset
+
+    root = tmp_path_factory.mktemp("digits")
+    build_local_dataset("digits", root, size=32, num_per_image=12, format="parquet", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from mergevq_hf import MergeVQConfig, MergeVQModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tok")
+    MergeVQModel(MergeVQConfig.from_preset("tiny")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def codes_dir(digits, tokenizer_dir, tmp_path_factory):
+    """Code maps of ``digits`` by the tiny tokenizer (``mergevq extract-codes``, K sampled per example)."""
+    from mergevq_hf.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("codes")
+    argv = ["extract-codes", "--tokenizer", str(tokenizer_dir), "--dataset", str(digits), "--output", str(out)]
+    argv += ["--sampler", "gaussian", "--base", "5", "--num-candidates", "3", "--batch-size", "16"]
+    assert cli_main(argv) == 0
+    return out

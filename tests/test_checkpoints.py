@@ -5,7 +5,6 @@ that reads as one run after a resume."""
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import pickle
 import random
@@ -18,8 +17,8 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from conftest import load_example
 from mergevq_hf.training import trainer_utils
-from mergevq_hf.training.data import build_local_dataset
 from mergevq_hf.training.ema import EMAModel
 from mergevq_hf.training.trainer_utils import (
     CheckpointWarning,
@@ -31,8 +30,6 @@ from mergevq_hf.training.trainer_utils import (
     resume_from,
     save_checkpoint,
 )
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 # ---------------------------------------------------------------------------------------------- a tiny trainer
@@ -265,27 +262,13 @@ def test_metrics_rows_after_the_checkpoint_are_dropped(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the real script
-def _example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    build_local_dataset("digits", root, size=32, num_per_image=12, format="parquet", seed=0)
-    return root
-
-
 def test_tokenizer_checkpoint_holds_only_trainable_state(digits, tmp_path):
     """The tiny tokenizer with the full default loss (frozen LPIPS-VGG inside MergeVQLoss): the checkpoint holds no
     pickle and no frozen network. Bound: folder <= optimizer files + 2 x model.safetensors (weights + EMA) +
     discriminator weights + 1 MiB (the pickled MergeVQLoss alone used to be ~70 MB).
     (Interrupted + resumed runs, with a damaged newest checkpoint, are in
     test_training_scripts.py::test_train_tokenizer_resumes_exactly.)"""
-    _example("train_tokenizer").main(
+    load_example("train_tokenizer").main(
         [
             *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "4", "--max-steps", "1"),
             *("--eval-split", "", "--teacher", "", "--shuffle-buffer", "16", "--output-dir", str(tmp_path)),

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from test_training_scripts import EXAMPLES, codes_dir, digits, tokenizer_dir  # noqa: F401  (fixtures)
+from conftest import EXAMPLES
 
 LAUNCH = [
     *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
@@ -62,7 +62,7 @@ def _assert_same_replicas(rank0: dict, rank1: dict) -> None:
     assert not differing, f"replicas diverged (gradients not averaged): {differing[:5]}"
 
 
-def test_mergear_replicas_stay_identical(codes_dir, tmp_path):  # noqa: F811
+def test_mergear_replicas_stay_identical(codes_dir, tmp_path):
     args = [
         *("--codes", str(codes_dir), "--preset", "tiny", "--batch-size", "4", "--max-steps", "4"),
         *("--save-every", "100", "--log-every", "1", "--config-overrides", '{"num_classes": 10}'),
@@ -74,7 +74,7 @@ def test_mergear_replicas_stay_identical(codes_dir, tmp_path):  # noqa: F811
     assert all(torch.equal(final[k], rank0[k]) for k in final)
 
 
-def test_tokenizer_replicas_stay_identical(digits, tmp_path):  # noqa: F811
+def test_tokenizer_replicas_stay_identical(digits, tmp_path):
     args = [
         *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "4", "--max-steps", "3"),
         *("--save-every", "100", "--eval-split", "", "--teacher", "", "--source-recovery", "--log-every", "1"),

@@ -3,70 +3,17 @@ checkpoint + exact resume."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mergevq_hf import MergeVQConfig, MergeVQModel
+from conftest import EXAMPLES, load_example
+from mergevq_hf import MergeVQModel
 from mergevq_hf.cli import main as cli_main
 from mergevq_hf.training.codes import load_codes
-from mergevq_hf.training.data import DataConfig, build_local_dataset, make_dataloader
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    build_local_dataset("digits", root, size=32, num_per_image=12, format="parquet", seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tok")
-    MergeVQModel(MergeVQConfig.from_preset("tiny")).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def codes_dir(digits, tokenizer_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("codes")
-    assert (
-        cli_main(
-            [
-                "extract-codes",
-                "--tokenizer",
-                str(tokenizer_dir),
-                "--dataset",
-                str(digits),
-                "--output",
-                str(out),
-                "--sampler",
-                "gaussian",
-                "--base",
-                "5",
-                "--num-candidates",
-                "3",
-                "--batch-size",
-                "16",
-            ]
-        )
-        == 0
-    )
-    return out
+from mergevq_hf.training.data import DataConfig, make_dataloader
 
 
 def test_extracted_codes_match_the_tokenizer(codes_dir, digits, tokenizer_dir):
@@ -90,7 +37,7 @@ def test_extracted_codes_match_the_tokenizer(codes_dir, digits, tokenizer_dir):
 
 
 def test_train_mergear_resumes_exactly(codes_dir, tmp_path):
-    train = _example("train_mergear").main
+    train = load_example("train_mergear").main
     common = [
         "--codes",
         str(codes_dir),
@@ -138,7 +85,7 @@ def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path, monkeyp
     takes step-2, drops the step-3 metrics row and never calls torch.load without weights_only=True."""
     from mergevq_hf.training.trainer_utils import CheckpointWarning
 
-    train = _example("train_tokenizer").main
+    train = load_example("train_tokenizer").main
     common = [
         *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "8", "--save-every", "2"),
         *("--eval-every", "100", "--merge-sampler", "exponential", "--merge-base", "6", "--merge-direction", "-1"),
@@ -190,7 +137,7 @@ def test_training_survives_a_messy_stream(tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buffer, format="JPEG")
     (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
-    train = _example("train_tokenizer").main
+    train = load_example("train_tokenizer").main
     train(
         [
             "--dataset",
@@ -286,7 +233,7 @@ def test_fine_tune_default_models_on_an_imagefolder(tmp_path):
         for i in range(6):
             Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     tok_out, ar_out = tmp_path / "tok", tmp_path / "ar"
-    _example("train_tokenizer").main(
+    load_example("train_tokenizer").main(
         [
             *("--dataset", str(tmp_path / "mine"), "--init-from", str(DEFAULT_PIPELINE_DIR / "tokenizer")),
             *(
@@ -322,7 +269,7 @@ def test_fine_tune_default_models_on_an_imagefolder(tmp_path):
         )
         == 0
     )
-    _example("train_mergear").main(
+    load_example("train_mergear").main(
         [
             *("--codes", str(tmp_path / "codes"), "--init-from", str(DEFAULT_PIPELINE_DIR / "generator")),
             *("--output-dir", str(ar_out), "--max-steps", "2", "--batch-size", "4"),

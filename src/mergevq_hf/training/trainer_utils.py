@@ -459,6 +459,15 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path) -> None:
     _set_rng_state(accelerator, load_state_file(path / RNG_FILE.format(accelerator.process_index)))
 
 
+def _try_load(accelerator: Accelerator, path: Path) -> Exception | None:
+    """Load ``path`` into the training objects; the error instead of raising (every process must agree)."""
+    try:
+        load_checkpoint(accelerator, path)
+    except Exception as error:  # noqa: BLE001  (any failure means: this checkpoint is not usable)
+        return error
+    return None
+
+
 def resume_from(accelerator: Accelerator, output_dir: str | Path, resume: str | None) -> Path | None:
     """Load ``resume`` ("latest" or a checkpoint folder); None if there is nothing to resume from.
 
@@ -476,11 +485,7 @@ def resume_from(accelerator: Accelerator, output_dir: str | Path, resume: str | 
         problem = checkpoint_problem(path, rank)
         if _any_process(accelerator, problem is not None):
             raise ValueError(f"--resume {resume!r} is not a complete checkpoint: {problem or 'see another process'}")
-        error = None
-        try:
-            load_checkpoint(accelerator, path)
-        except Exception as e:  # noqa: BLE001
-            error = e
+        error = _try_load(accelerator, path)
         if _any_process(accelerator, error is not None):
             raise ValueError(f"--resume {resume!r}: the checkpoint could not be loaded ({error!r})") from error
         _RESUMED_STEP[accelerator] = int(read_manifest(path)["step"])
@@ -497,11 +502,7 @@ def resume_from(accelerator: Accelerator, output_dir: str | Path, resume: str | 
             reasons.append(f"{path.name}: {problem or 'incomplete on another process'}")
             _warn(accelerator, f"--resume latest: skipping {path}: {reasons[-1].split(': ', 1)[1]}")
             continue
-        error = None
-        try:
-            load_checkpoint(accelerator, path)
-        except Exception as e:  # noqa: BLE001
-            error = e
+        error = _try_load(accelerator, path)
         if _any_process(accelerator, error is not None):
             reasons.append(f"{path.name}: failed to load ({error!r})")
             _warn(accelerator, f"--resume latest: could not load {path} ({error!r}); falling back to an older one")
