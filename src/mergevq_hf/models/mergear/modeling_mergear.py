@@ -405,7 +405,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             "input_ids": input_ids,
             "cache": cache,
             "use_cache": self.generation_config.use_cache if use_cache is None else use_cache,
-            "attention_mask": attention_mask,
+            "attention_mask": attention_mask if cache is None else None,  # checked once (first step), no sync after
             "logits_to_keep": 1,
             "output_joint_logits": True,
         }
