@@ -17,7 +17,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     from .defaults import default_tokenizer
     from .hub import check_pretrained_path
-    from .image_utils import EXAMPLE_IMAGE, load_image, make_grid, psnr
+    from .image_utils import EXAMPLE_IMAGE, make_grid, psnr
     from .models.tokenizer import MergeVQModel
 
     paths = args.images or [EXAMPLE_IMAGE]
@@ -30,7 +30,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     else:
         tokenizer = default_tokenizer()
     size = tokenizer.config.resolution
-    pixels = torch.stack([_load_image(load_image, p, size) for p in paths])
+    pixels = torch.stack([_load_image(p, size) for p in paths])
     rows, report = [pixels], {"model": args.model or "embedded-default", "images": [str(p) for p in paths]}
     num_tokens_list = args.num_tokens or [tokenizer.config.num_tokens]
     with torch.no_grad():
@@ -49,7 +49,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_image(load_image, path, size):
+def _load_image(path, size):
+    from .image_utils import load_image
+
     try:
         return load_image(path, size)
     except OSError as error:  # PIL's UnidentifiedImageError, truncated or unreadable files

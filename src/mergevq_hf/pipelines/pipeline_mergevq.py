@@ -127,7 +127,7 @@ class MergeVQPipeline:
         """Generate ``num_images_per_label`` images for each class label.
 
         generator: one ``torch.Generator`` per image (an image then depends only on its generator and label,
-        not on the rest of the batch), or a single one from which per-image seeds are drawn in order.
+        not on the rest of the batch), or a single one from which per-image keys are drawn in order.
         num_tokens: K given to the merge-instruction token, 1..L (default: the tokenizer's K).
         Every argument is checked first by :meth:`check_inputs` (``ValueError`` / ``TypeError`` on bad values).
         """
@@ -143,7 +143,6 @@ class MergeVQPipeline:
             output_type=output_type,
         )
         labels = [i for i in self.get_label_ids(class_labels) for _ in range(num_images_per_label)]
-        generators = self._per_image_generators(generator, len(labels))
         device = self.generator.device
         progress = (lambda steps: tqdm(steps, desc="MergeAR", leave=False)) if self.progress else None
         codes = generate_codes(
@@ -154,7 +153,7 @@ class MergeVQPipeline:
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
-            generators=generators,
+            generators=generator,  # one key per image is drawn from it (see models/mergear/generation.py)
             progress=progress,
         )
         images = (self.tokenizer.decode(codes.to(self.tokenizer.device)).clamp(-1, 1) + 1) / 2
@@ -193,10 +192,7 @@ class MergeVQPipeline:
                 )
             if len(class_labels) == 0:
                 raise ValueError("class_labels is empty; allowed: a class id, a class name, or a non-empty list")
-        if not _is_int(num_images_per_label):
-            raise TypeError(f"num_images_per_label={num_images_per_label!r}; allowed: an int >= 1")
-        if num_images_per_label < 1:
-            raise ValueError(f"num_images_per_label={num_images_per_label!r}; allowed: an int >= 1")
+        _check_number("num_images_per_label", num_images_per_label, "an int >= 1", lambda v: v >= 1, integer=True)
         num_positions = self.tokenizer.config.num_positions
         if isinstance(num_tokens, torch.Tensor) and num_tokens.dim() == 0 and not num_tokens.is_floating_point():
             num_tokens = int(num_tokens)
@@ -211,25 +207,13 @@ class MergeVQPipeline:
                 f"num_tokens={num_tokens} is out of range; allowed: None (the tokenizer's K) or an int in "
                 f"1..{num_positions} (L, the number of positions)"
             )
-        if not _is_real(guidance_scale):
-            raise TypeError(f"guidance_scale={guidance_scale!r}; allowed: a finite number >= 1 (1 = no guidance)")
-        if not (math.isfinite(guidance_scale) and guidance_scale >= 1):
-            raise ValueError(
-                f"guidance_scale={guidance_scale!r}; allowed: a finite number >= 1 (1 = no guidance, "
-                "> 1 = classifier-free guidance)"
-            )
-        if not _is_real(temperature):
-            raise TypeError(f"temperature={temperature!r}; allowed: a finite number >= 0 (0 = greedy)")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature={temperature!r}; allowed: a finite number >= 0 (0 = greedy)")
-        if not _is_int(top_k):
-            raise TypeError(f"top_k={top_k!r}; allowed: an int >= 0 (0 = no top-k filtering)")
-        if top_k < 0:
-            raise ValueError(f"top_k={top_k!r}; allowed: an int >= 0 (0 = no top-k filtering)")
-        if not _is_real(top_p):
-            raise TypeError(f"top_p={top_p!r}; allowed: a number in (0, 1] (1 = no nucleus filtering)")
-        if not (math.isfinite(top_p) and 0 < top_p <= 1):
-            raise ValueError(f"top_p={top_p!r}; allowed: a number in (0, 1] (1 = no nucleus filtering)")
+        finite = math.isfinite
+        allowed_scale = "a finite number >= 1 (1 = no guidance, > 1 = classifier-free guidance)"
+        _check_number("guidance_scale", guidance_scale, allowed_scale, lambda v: finite(v) and v >= 1)
+        _check_number("temperature", temperature, "a finite number >= 0 (0 = greedy)", lambda v: finite(v) and v >= 0)
+        _check_number("top_k", top_k, "an int >= 0 (0 = no top-k filtering)", lambda v: v >= 0, integer=True)
+        allowed_p = "a number in (0, 1] (1 = no nucleus filtering)"
+        _check_number("top_p", top_p, allowed_p, lambda v: finite(v) and 0 < v <= 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             if not hasattr(generator, "__iter__") or isinstance(generator, (str, bytes)):
                 raise TypeError(
@@ -240,19 +224,6 @@ class MergeVQPipeline:
                 if bad:
                     raise TypeError(f"generator list holds {bad[0]}; allowed: torch.Generator objects only")
         return int(num_tokens)
-
-    @staticmethod
-    def _per_image_generators(generator, count: int) -> list[torch.Generator]:
-        if generator is None:
-            seeds = torch.randint(0, 2**62, (count,)).tolist()
-        elif isinstance(generator, torch.Generator):
-            seeds = torch.randint(0, 2**62, (count,), generator=generator).tolist()
-        else:
-            generator = list(generator)
-            if len(generator) != count:
-                raise ValueError(f"got {len(generator)} generators for {count} images")
-            return generator
-        return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     # ------------------------------------------------------------------ save / load
     def to(self, device) -> MergeVQPipeline:
@@ -325,6 +296,15 @@ def _is_int(value) -> bool:
 
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value, allowed: str, valid, integer: bool = False) -> None:
+    """``TypeError`` unless ``value`` is an int (``integer``) or a real number, ``ValueError`` unless ``valid(value)``;
+    both name the value and what is ``allowed``."""
+    if not (_is_int(value) if integer else _is_real(value)):
+        raise TypeError(f"{name}={value!r}; allowed: {allowed}")
+    if not valid(value):
+        raise ValueError(f"{name}={value!r}; allowed: {allowed}")
 
 
 def _imagenet_class_names() -> list[str] | None:

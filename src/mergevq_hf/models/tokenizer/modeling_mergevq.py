@@ -8,6 +8,7 @@ Shapes: pixels [B, 3, H, W] in [-1, 1]; L = (H / f)^2 positions; K kept tokens; 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -427,7 +428,7 @@ class MergeVQModel(MergeVQPreTrainedModel):
         if pixel_values.numel() == 0:
             return
         low, high = torch.stack(torch.aminmax(pixel_values.detach())).tolist()  # one reduction; NaN propagates
-        if not (abs(low) < float("inf") and abs(high) < float("inf")):
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("pixel_values contains NaN or infinite values; expected finite values in [-1, 1]")
         if low < -1 - 1e-3 or high > 1 + 1e-3:
             raise ValueError(
