@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .models.mergear import MergeARConfig, MergeARForCausalLM, MergePruningCache
+from .models.random_ar import RandomARConfig, RandomARForCausalLM
 from .models.source_recovery import SourceRecoveryConfig, SourceRecoveryModel, SourceRecoveryOutput
 from .models.tokenizer import MergeVQConfig, MergeVQEncoderOutput, MergeVQModel, MergeVQModelOutput
 from .pipelines import MergeVQPipeline, MergeVQPipelineOutput
@@ -13,6 +14,7 @@ for _config, _model, _auto in (
     (MergeVQConfig, MergeVQModel, AutoModel),
     (SourceRecoveryConfig, SourceRecoveryModel, AutoModel),
     (MergeARConfig, MergeARForCausalLM, AutoModelForCausalLM),
+    (RandomARConfig, RandomARForCausalLM, AutoModelForCausalLM),
 ):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     _auto.register(_config, _model, exist_ok=True)
@@ -31,6 +33,8 @@ __all__ = [
     "MergeVQModelOutput",
     "MergeVQPipeline",
     "MergeVQPipelineOutput",
+    "RandomARConfig",
+    "RandomARForCausalLM",
     "SourceRecoveryConfig",
     "SourceRecoveryModel",
     "SourceRecoveryOutput",

@@ -29,6 +29,10 @@ class SourceRecoveryConfig(PreTrainedConfig):
             ``"ce"``: categorical cross-entropy of each position's distribution over the K tokens against its
             true group (the first term of Eq. 11 alone).
         initializer_range: std of the truncated-normal init of the Linear weights.
+        use_positions: also read each token's raster position (the first position of its merge group, see
+            ``MergeVQModel.representative_positions``) through a learned embedding added to the token projection.
+            Off in the official module (its tokens come in the encoder's kept-token order); on for the models this
+            package trains, because a random-order generator produces K codes at chosen positions in any order.
     """
 
     model_type = "mergevq_source_recovery"
@@ -43,6 +47,7 @@ class SourceRecoveryConfig(PreTrainedConfig):
     drop_path_rate: float = 0.1
     source_loss_type: str = "bce"
     initializer_range: float = 0.02
+    use_positions: bool = False
 
     def __post_init__(self, **kwargs):
         for name in ("code_dim", "num_positions", "dim", "num_layers", "num_heads"):

@@ -162,6 +162,8 @@ class SourceRecoveryPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CrossAttentionBlock):
             nn.init.constant_(module.gamma1, self.config.layer_scale_init)
             nn.init.constant_(module.gamma2, self.config.layer_scale_init)
+        elif isinstance(module, nn.Embedding):
+            nn.init.trunc_normal_(module.weight, std=self.config.initializer_range)
         elif isinstance(module, SourceRecoveryModel):
             nn.init.normal_(module.rec_tokens, std=1e-6)
 
@@ -183,6 +185,7 @@ class SourceRecoveryModel(SourceRecoveryPreTrainedModel):
         dim = config.dim
         self.rec_embed = nn.Linear(config.code_dim, dim, bias=True)
         self.rec_tokens = nn.Parameter(torch.zeros(1, config.num_positions, dim))
+        self.pos_embed = nn.Embedding(config.num_positions, dim) if config.use_positions else None
         self.norm_in = nn.LayerNorm(dim)
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(dim, config.num_heads, config.mlp_ratio, config.layer_scale_init, config.drop_path_rate)
@@ -226,6 +229,26 @@ class SourceRecoveryModel(SourceRecoveryPreTrainedModel):
         if token_mask is not None and not token_mask.gather(1, source.long()).all():
             raise ValueError("source points at padded tokens (token_mask False); allowed: real tokens only")
 
+    def _check_positions(self, positions: torch.Tensor | None, quantized: torch.Tensor) -> None:
+        if not self.config.use_positions:
+            if positions is not None:
+                raise ValueError("positions given, but this model was built without them (config.use_positions=False)")
+            return
+        expected = tuple(quantized.shape[:2])
+        if positions is None:
+            raise ValueError(
+                f"this model reads token positions (config.use_positions=True): pass positions {list(expected)}"
+            )
+        if not isinstance(positions, torch.Tensor) or positions.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                f"positions must be an integer torch.Tensor [B, K], got {getattr(positions, 'dtype', positions)}"
+            )
+        if tuple(positions.shape) != expected:
+            raise ValueError(f"positions has shape {tuple(positions.shape)}; expected {list(expected)} (B, K)")
+        low, high = int(positions.min()), int(positions.max())
+        if low < 0 or high >= self.config.num_positions:
+            raise ValueError(f"positions has values in [{low}, {high}]; allowed 0..{self.config.num_positions - 1} (L)")
+
     # ---------------------------------------------------------------- API
     def forward(
         self,
@@ -233,6 +256,7 @@ class SourceRecoveryModel(SourceRecoveryPreTrainedModel):
         source: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        positions: torch.Tensor | None = None,
     ) -> SourceRecoveryOutput | tuple:
         """Score every (position, token) pair.
 
@@ -240,6 +264,9 @@ class SourceRecoveryModel(SourceRecoveryPreTrainedModel):
             quantized: [B, K, code_dim] quantized tokens (kept-token order), 1 <= K <= L.
             source: optional [B, L] long true group ids in [0, K); when given, ``loss`` is the source loss.
             token_mask: optional [B, K] bool, False on padding tokens (they get -inf logits and are not attended).
+            positions: [B, K] long raster position of every token (first position of its group); required when
+                ``config.use_positions``, refused otherwise. Tokens may then come in any order: the output
+                columns follow the input order.
             return_dict: ``False`` returns a tuple (``loss`` first only when computed).
 
         Returns:
@@ -253,9 +280,13 @@ class SourceRecoveryModel(SourceRecoveryPreTrainedModel):
             attn_mask = token_mask[:, None, None, :]
         if source is not None:
             self._check_source(source, quantized, token_mask)
+        self._check_positions(positions, quantized)
         quantized = quantized.to(self.rec_embed.weight.dtype)
 
-        kv = self.norm_in(self.rec_embed(quantized))  # [B, K, dim]
+        kv = self.rec_embed(quantized)
+        if self.pos_embed is not None:
+            kv = kv + self.pos_embed(positions.long())
+        kv = self.norm_in(kv)  # [B, K, dim]
         q = self.rec_tokens.expand(quantized.shape[0], -1, -1)  # [B, L, dim]
         for block in self.blocks:
             q = block(q, kv, attn_mask)
@@ -270,9 +301,11 @@ class SourceRecoveryModel(SourceRecoveryPreTrainedModel):
         return out if return_dict is not False else out.to_tuple()
 
     @torch.no_grad()
-    def predict_source(self, quantized: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.LongTensor:
+    def predict_source(
+        self, quantized: torch.Tensor, token_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> torch.LongTensor:
         """Predicted group id of every position: quantized [B, K, D] -> [B, L] long in [0, K)."""
-        return self.forward(quantized, token_mask=token_mask).predicted_source
+        return self.forward(quantized, token_mask=token_mask, positions=positions).predicted_source
 
 
 __all__ = [

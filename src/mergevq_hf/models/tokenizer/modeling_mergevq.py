@@ -25,6 +25,7 @@ from .token_merging import (
     merge_owner,
     merge_schedule,
     merge_weighted_average,
+    representative_positions,
     source_to_matrix,
 )
 
@@ -499,6 +500,11 @@ class MergeVQModel(MergeVQPreTrainedModel):
         return tokens.gather(1, source[..., None].expand(-1, -1, tokens.shape[-1]))
 
     @staticmethod
+    def representative_positions(source: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Raster position of each of the K tokens: the first position of its group, [B, K] long."""
+        return representative_positions(source, num_tokens)
+
+    @staticmethod
     def source_matrix(source: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """Dense 0/1 source matrix S [B, K, L] from the group ids ``source`` [B, L]."""
         return source_to_matrix(source, num_tokens)
@@ -508,19 +514,26 @@ class MergeVQModel(MergeVQPreTrainedModel):
         Kept outside this module's parameters, so the tokenizer's checkpoint stays the tokenizer's alone."""
         object.__setattr__(self, "_source_recovery", model)
 
-    def decode(self, codes: torch.Tensor, source: torch.Tensor | None = None, source_recovery=None) -> torch.Tensor:
+    def decode(
+        self,
+        codes: torch.Tensor,
+        source: torch.Tensor | None = None,
+        source_recovery=None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Decode codes into pixels [B, C, H, W] (not clamped).
 
         codes: a per-position code map [B, L]; or K codes [B, K] with their ``source`` [B, L]; or K codes alone,
         whose source is then predicted by ``source_recovery`` (or the attached one, see
-        :meth:`attach_source_recovery`), as in random-order generation.
+        :meth:`attach_source_recovery`), as in random-order generation; ``positions`` [B, K] (each token's
+        representative raster position) is passed to a recovery model that reads positions.
         """
         self._check_codes(codes, "codes")
         num_positions = self.config.num_positions
         recovery = source_recovery or getattr(self, "_source_recovery", None)
         if source is None and codes.shape[1] != num_positions and recovery is not None:
             quantized = indices_to_codes(codes.long(), self.config.code_dim, dtype=self.decoder.conv_in.weight.dtype)
-            source = recovery.predict_source(quantized)
+            source = recovery.predict_source(quantized, positions=positions)
         if source is not None:
             self._check_codes(source, "source")
             if source.shape[1] != num_positions or source.max() >= codes.shape[1]:

@@ -179,3 +179,16 @@ def group_sizes(source: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """How many positions each of the K tokens covers: [B, K] long."""
     sizes = torch.zeros(source.shape[0], num_tokens, dtype=torch.long, device=source.device)
     return sizes.scatter_add_(1, source, torch.ones_like(source))
+
+
+def representative_positions(source: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The raster position of each merged token: the FIRST (lowest raster index) position of its group.
+
+    source [B, L] group ids in [0, K) -> [B, K] long. Every group is non-empty, so every value is a real
+    position; position 0 always represents its group. This is the position a random-order generator places a
+    merged token at, and the positional input of source recovery (one definition for both).
+    """
+    batch, length = source.shape
+    positions = torch.arange(length, device=source.device).expand(batch, -1)
+    first = torch.full((batch, num_tokens), length, dtype=torch.long, device=source.device)
+    return first.scatter_reduce_(1, source, positions, reduce="amin")
