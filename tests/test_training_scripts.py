@@ -89,7 +89,7 @@ def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path, monkeyp
     common = [
         *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "8", "--save-every", "2"),
         *("--eval-every", "100", "--merge-sampler", "exponential", "--merge-base", "6", "--merge-direction", "-1"),
-        *("--shuffle-buffer", "32", "--teacher", str(tiny_teacher), "--source-recovery", "--log-every", "1"),
+        *("--shuffle-buffer", "32", "--teacher", str(tiny_teacher), "--log-every", "1"),
     ]
     train([*common, "--output-dir", str(tmp_path / "straight"), "--max-steps", "4"])
     train([*common, "--output-dir", str(tmp_path / "resumed"), "--max-steps", "3"])
@@ -176,7 +176,7 @@ def test_two_process_gloo_training_resumes_exactly(digits, tmp_path):
     script = str(EXAMPLES / "train_tokenizer.py")
     common = [
         *("--dataset", str(digits), "--preset", "tiny", "--batch-size", "4", "--save-every", "2"),
-        *("--eval-split", "", "--teacher", "", "--source-recovery", "--log-every", "1", "--shuffle-buffer", "16"),
+        *("--eval-split", "", "--teacher", "", "--log-every", "1", "--shuffle-buffer", "16"),
     ]
     launch = [
         sys.executable,

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .defaults import DEFAULT_PIPELINES
+
 
 def _reconstruct(args: argparse.Namespace) -> int:
     import torch
@@ -69,7 +71,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("no class given; give at least one --class-id or --class-name")
     if args.scale < 1:
         raise ValueError(f"--scale {args.scale}; allowed: an int >= 1 (1 = no upscaling)")
-    pipe = MergeVQPipeline.from_pretrained(args.model)
+    if args.model is not None and args.default is not None:
+        raise ValueError("give either --model or --default, not both")
+    pipe = MergeVQPipeline.from_pretrained(args.model or DEFAULT_PIPELINES[args.default or "mergear"])
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels) * args.num_images)]
     out = pipe(
         class_labels=labels,
@@ -80,6 +84,7 @@ def _generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         generator=generators,
+        num_inference_steps=args.num_inference_steps,
     )
     grid = make_grid(out.images, ncols=args.num_images)
     if args.scale > 1:
@@ -90,7 +95,14 @@ def _generate(args: argparse.Namespace) -> int:
     names = [pipe.id2label[i] for i in out.labels]
     print(
         json.dumps(
-            {"model": args.model or "embedded-default", "labels": out.labels, "names": names, "output": str(output)}
+            {
+                "model": args.model or f"embedded-default ({args.default or 'mergear'})",
+                "generator": type(pipe.generator).__name__,
+                "steps": out.num_steps,
+                "labels": out.labels,
+                "names": names,
+                "output": str(output),
+            }
         )
     )
     return 0
@@ -168,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.set_defaults(func=_reconstruct)
 
-    gen = sub.add_parser("generate", help="class-conditional images with MergeAR (PNG grid, one row per label)")
+    gen = sub.add_parser(
+        "generate", help="class-conditional images with a saved pipeline (PNG grid, one row per label)"
+    )
     gen.add_argument(
         "--class-id",
         type=int,
@@ -180,7 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="class name, e.g. 'golden retriever' (repeatable; default: none)",
     )
-    gen.add_argument("--model", help="pipeline folder or Hub id (default: the embedded digits pipeline)")
+    gen.add_argument("--model", help="pipeline folder or Hub id (default: an embedded digits pipeline, see --default)")
+    gen.add_argument(
+        "--default",
+        choices=sorted(DEFAULT_PIPELINES),
+        help="which embedded digits pipeline without --model: mergear (raster, merge-pruned cache; the default) or "
+        "random-ar (random order + source recovery)",
+    )
+    gen.add_argument(
+        "--num-inference-steps",
+        type=int,
+        help="random-order generators: decoding steps, 1..K (default: K, one token per step)",
+    )
     gen.add_argument("--num-images", type=int, default=4, help="images per label, >= 1 (default: %(default)s)")
     gen.add_argument("--num-tokens", "-k", type=int, help="merge instruction K, 1..L (default: the tokenizer's K)")
     gen.add_argument(

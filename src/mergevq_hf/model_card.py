@@ -15,6 +15,7 @@ FALLBACK = (
 TAGS = {
     "mergevq": ["mergevq", "image-tokenizer", "vector-quantization"],
     "mergear": ["mergevq", "mergear", "class-conditional-image-generation"],
+    "random_ar": ["mergevq", "random-order", "class-conditional-image-generation"],
     "pipeline": ["mergevq", "mergear", "class-conditional-image-generation", "pipeline"],
     "source_recovery": ["mergevq", "source-recovery"],
 }

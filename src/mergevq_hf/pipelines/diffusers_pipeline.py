@@ -16,7 +16,7 @@ class MergeVQDiffusionPipeline(DiffusionPipeline, MergeVQPipeline):
 
     def __init__(self, tokenizer, generator, source_recovery=None):
         DiffusionPipeline.__init__(self)
-        MergeVQPipeline.check_components(tokenizer, generator)
+        MergeVQPipeline.check_components(tokenizer, generator, source_recovery)
         self.register_modules(tokenizer=tokenizer, generator=generator, source_recovery=source_recovery)
         self.progress = True
 

@@ -1,7 +1,14 @@
-"""``MergeVQPipeline``: class labels -> images with MergeAR (raster order, merge-pruning cache) + the tokenizer.
+"""``MergeVQPipeline``: class labels -> images with one of three generators + the tokenizer.
+
+The path follows the generator component's type (saved in the folder):
+
+* ``MergeARForCausalLM`` (raster order; duplicates pruned, or the plain baseline with ``prune_duplicates=False``):
+  L codes -> decode;
+* ``RandomARForCausalLM`` (random order, paper 4.2): K codes at K positions in ``num_inference_steps`` parallel
+  steps -> ``source_recovery`` predicts the source -> unmerge -> decode.
 
 Saved as a diffusers-style folder: ``model_index.json`` plus one subfolder per component
-(``tokenizer``, ``generator``, optionally ``source_recovery``).
+(``tokenizer``, ``generator``, ``source_recovery`` when present).
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ from transformers.utils import ModelOutput
 from ..defaults import DEFAULT_PIPELINE_DIR
 from ..image_utils import tensor_to_pil
 from ..models.mergear import MergeARForCausalLM, generate_codes
+from ..models.random_ar import RandomARForCausalLM, generate_random_order
 from ..models.source_recovery import SourceRecoveryModel
 from ..models.tokenizer import MergeVQModel
 
 COMPONENTS = {"tokenizer": MergeVQModel, "generator": MergeARForCausalLM, "source_recovery": SourceRecoveryModel}
+GENERATOR_CLASSES = {cls.__name__: cls for cls in (MergeARForCausalLM, RandomARForCausalLM)}
 OUTPUT_TYPES = ("pil", "np", "pt")
 DIFFUSERS_MODULE = "diffusers_mergevq"
 
@@ -32,11 +41,17 @@ DIFFUSERS_MODULE = "diffusers_mergevq"
 @dataclass
 class MergeVQPipelineOutput(ModelOutput):
     """images: list of PIL images, a numpy array [N, H, W, 3] in [0, 1], or a tensor [N, 3, H, W] in [0, 1];
-    codes: the generated code maps [N, L]; labels: the class id of each image."""
+    codes: the code maps [N, L] the tokenizer decoded; labels: the class id of each image;
+    tokens, positions, source: the random-order generator's K codes [N, K], their positions [N, K] and the
+    predicted source [N, L] (None for raster generators); num_steps: generator forward passes after the prompt."""
 
     images: list | np.ndarray | torch.Tensor | None = None
     codes: torch.LongTensor | None = None
     labels: list[int] | None = None
+    tokens: torch.LongTensor | None = None
+    positions: torch.LongTensor | None = None
+    source: torch.LongTensor | None = None
+    num_steps: int | None = None
 
 
 class MergeVQPipeline:
@@ -48,15 +63,26 @@ class MergeVQPipeline:
         >>> out.images  # 4 PIL images
     """
 
-    def __init__(self, tokenizer: MergeVQModel, generator: MergeARForCausalLM, source_recovery=None):
-        self.check_components(tokenizer, generator)
+    def __init__(self, tokenizer: MergeVQModel, generator, source_recovery=None):
+        self.check_components(tokenizer, generator, source_recovery)
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
         self.source_recovery = source_recovery.eval() if source_recovery is not None else None
         self.progress = True
 
     @staticmethod
-    def check_components(tokenizer, generator) -> None:
+    def check_components(tokenizer, generator, source_recovery=None) -> None:
+        if not isinstance(generator, tuple(GENERATOR_CLASSES.values())):
+            raise TypeError(f"generator is a {type(generator).__name__}; allowed: {sorted(GENERATOR_CLASSES)}")
+        if isinstance(generator, RandomARForCausalLM):
+            if source_recovery is None:
+                raise ValueError("a RandomARForCausalLM generator needs a source_recovery model (K tokens -> source)")
+            if not source_recovery.config.use_positions:
+                raise ValueError("source_recovery must read token positions (use_positions=True) for random order")
+        if source_recovery is not None and source_recovery.config.num_positions != tokenizer.config.num_positions:
+            raise ValueError(
+                f"source_recovery has L={source_recovery.config.num_positions}, tokenizer {tokenizer.config.num_positions}"
+            )
         if tokenizer.config.num_positions != generator.config.num_positions:
             raise ValueError(
                 f"tokenizer has L={tokenizer.config.num_positions} positions but the generator predicts "
@@ -123,12 +149,15 @@ class MergeVQPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        num_inference_steps: int | None = None,
     ) -> MergeVQPipelineOutput | tuple:
         """Generate ``num_images_per_label`` images for each class label.
 
         generator: one ``torch.Generator`` per image (an image then depends only on its generator and label,
         not on the rest of the batch), or a single one from which per-image keys are drawn in order.
         num_tokens: K given to the merge-instruction token, 1..L (default: the tokenizer's K).
+        num_inference_steps: random-order generators only: decoding steps S <= K (several tokens per step on
+        RandAR's cosine schedule; default K, one per step). Raster generators always take L steps.
         Every argument is checked first by :meth:`check_inputs` (``ValueError`` / ``TypeError`` on bad values).
         """
         num_tokens = self.check_inputs(
@@ -141,27 +170,53 @@ class MergeVQPipeline:
             top_p=top_p,
             generator=generator,
             output_type=output_type,
+            num_inference_steps=num_inference_steps,
         )
         labels = [i for i in self.get_label_ids(class_labels) for _ in range(num_images_per_label)]
         device = self.generator.device
-        progress = (lambda steps: tqdm(steps, desc="MergeAR", leave=False)) if self.progress else None
-        codes = generate_codes(
-            self.generator,
-            torch.tensor(labels, device=device),
-            num_tokens,
-            guidance_scale=guidance_scale,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generators=generator,  # one key per image is drawn from it (see models/mergear/generation.py)
-            progress=progress,
-        )
+        name = type(self.generator).__name__.removesuffix("ForCausalLM")
+        progress = (lambda steps: tqdm(steps, desc=name, leave=False)) if self.progress else None
+        sampling = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        # generators: one key per image is drawn from it (see models/mergear/generation.py)
+        tokens = positions = source = None
+        if isinstance(self.generator, RandomARForCausalLM):
+            out = generate_random_order(
+                self.generator,
+                torch.tensor(labels, device=device),
+                num_tokens,
+                num_inference_steps,
+                generators=generator,
+                progress=progress,
+                **sampling,
+            )
+            tokens, positions, num_steps = out.codes, out.positions, out.num_steps
+            quantized = self.tokenizer.indices_to_quantized(tokens.to(self.source_recovery.device))
+            source = self.source_recovery.predict_source(quantized, positions=positions.to(quantized.device))
+            codes = self.tokenizer.unmerge(tokens.to(source.device), source)
+        else:
+            codes = generate_codes(
+                self.generator,
+                torch.tensor(labels, device=device),
+                num_tokens,
+                progress=progress,
+                **sampling,
+                generators=generator,
+            )
+            num_steps = self.generator.config.num_positions
         images = (self.tokenizer.decode(codes.to(self.tokenizer.device)).clamp(-1, 1) + 1) / 2
         if output_type == "pil":
             images = tensor_to_pil(images * 2 - 1)
         elif output_type == "np":
             images = images.permute(0, 2, 3, 1).float().cpu().numpy()
-        out = MergeVQPipelineOutput(images=images, codes=codes, labels=labels)
+        out = MergeVQPipelineOutput(
+            images=images,
+            codes=codes,
+            labels=labels,
+            tokens=tokens,
+            positions=positions,
+            source=source,
+            num_steps=num_steps,
+        )
         return out if return_dict else (images,)
 
     def check_inputs(
@@ -175,6 +230,7 @@ class MergeVQPipeline:
         top_p: float = 1.0,
         generator=None,
         output_type: str = "pil",
+        num_inference_steps: int | None = None,
     ) -> int:
         """Validate the arguments of :meth:`__call__` before any work; raise ``ValueError`` / ``TypeError`` naming
         the bad value and what is allowed (never fall back to a default silently). Returns the K to use."""
@@ -223,6 +279,16 @@ class MergeVQPipeline:
                 bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
                 if bad:
                     raise TypeError(f"generator list holds {bad[0]}; allowed: torch.Generator objects only")
+        if num_inference_steps is not None:
+            if not isinstance(self.generator, RandomARForCausalLM):
+                raise ValueError(
+                    f"num_inference_steps={num_inference_steps!r}: a raster generator "
+                    f"({type(self.generator).__name__}) always decodes L codes; allowed: None"
+                )
+            allowed = f"None (K steps) or an int in 1..K={int(num_tokens)}"
+            _check_number(
+                "num_inference_steps", num_inference_steps, allowed, lambda v: 1 <= v <= num_tokens, integer=True
+            )
         return int(num_tokens)
 
     # ------------------------------------------------------------------ save / load
@@ -239,9 +305,10 @@ class MergeVQPipeline:
         root.mkdir(parents=True, exist_ok=True)
         # diffusers reads the class from the small file written below (a "custom pipeline" in its terms)
         index = {"_class_name": [DIFFUSERS_MODULE, "MergeVQDiffusionPipeline"], "_library": "mergevq_hf"}
-        for name, cls in COMPONENTS.items():
+        for name in COMPONENTS:
             component = getattr(self, name)
             if component is not None:
+                cls = type(component)
                 component.save_pretrained(root / name, **kwargs)
                 # diffusers resolves [module, class] from a file in the component folder
                 (root / name / f"{DIFFUSERS_MODULE}.py").write_text(
@@ -283,6 +350,12 @@ class MergeVQPipeline:
         for name, model_cls in COMPONENTS.items():
             entry = index.get(name)
             if entry and entry[0] is not None:  # diffusers writes [null, null] for an absent optional component
+                if name == "generator":  # the saved type picks the generation path
+                    if entry[1] not in GENERATOR_CLASSES:
+                        raise ValueError(
+                            f"{index_file}: generator class {entry[1]!r}; allowed: {sorted(GENERATOR_CLASSES)}"
+                        )
+                    model_cls = GENERATOR_CLASSES[entry[1]]
                 components[name] = model_cls.from_pretrained(path / name, **kwargs)
         missing = [name for name in ("tokenizer", "generator") if name not in components]
         if missing:

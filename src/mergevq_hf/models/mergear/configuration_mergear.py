@@ -53,6 +53,9 @@ class MergeARConfig(PreTrainedConfig):
         resid_dropout, ffn_dropout, token_dropout, attention_dropout: dropouts (training only).
         class_dropout_prob: probability of replacing the class with the null class in training (CFG).
         label_smoothing: of the cross-entropy.
+        prune_duplicates: MergeAR's rule (default): a code equal to an earlier code of the image is hidden from
+            later queries in training and never cached in generation. False gives the plain raster baseline (the
+            paper's "+LlamaGen" rows): ordinary causal mask, dense cache, same body and heads.
     """
 
     model_type = "mergear"
@@ -73,6 +76,7 @@ class MergeARConfig(PreTrainedConfig):
     token_dropout: float = 0.1
     class_dropout_prob: float = 0.1
     label_smoothing: float = 0.1
+    prune_duplicates: bool = True
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True

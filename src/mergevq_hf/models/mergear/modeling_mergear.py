@@ -243,7 +243,9 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             raise ValueError(f"codes_L has {codes_L.shape[1]} positions; expected L={self.config.num_positions}")
         return torch.cat([self.prompt_ids(class_labels, num_tokens), codes_L.long()], dim=1)
 
-    def new_cache(self, prune: bool = True, initial_capacity: int | None = None) -> MergePruningCache:
+    def new_cache(self, prune: bool | None = None, initial_capacity: int | None = None) -> MergePruningCache:
+        """A cache for generation; ``prune`` defaults to ``config.prune_duplicates`` (False: a dense cache)."""
+        prune = self.config.prune_duplicates if prune is None else prune
         capacity = initial_capacity or self.config.num_start_tokens + 64
         return MergePruningCache(self.config.num_hidden_layers, prune=prune, initial_capacity=capacity)
 
@@ -331,7 +333,13 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         codes = self._codes_of(input_ids)
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         rotary = self.rotary(positions)
-        mask = cache.plan_step(codes) if cache is not None else self.training_mask(codes)
+        if cache is not None:
+            mask = cache.plan_step(codes)
+        elif self.config.prune_duplicates:
+            mask = self.training_mask(codes)
+        else:  # the plain raster baseline: ordinary causal attention
+            mask = torch.ones(codes.shape[1], codes.shape[1], dtype=torch.bool, device=codes.device).tril()
+
         hidden = self.embed(input_ids)
         for layer in self.layers:
             hidden = layer(hidden, rotary, mask, cache)

@@ -532,8 +532,7 @@ class MergeVQModel(MergeVQPreTrainedModel):
         num_positions = self.config.num_positions
         recovery = source_recovery or getattr(self, "_source_recovery", None)
         if source is None and codes.shape[1] != num_positions and recovery is not None:
-            quantized = indices_to_codes(codes.long(), self.config.code_dim, dtype=self.decoder.conv_in.weight.dtype)
-            source = recovery.predict_source(quantized, positions=positions)
+            source = recovery.predict_source(self.indices_to_quantized(codes), positions=positions)
         if source is not None:
             self._check_codes(source, "source")
             if source.shape[1] != num_positions or source.max() >= codes.shape[1]:
@@ -547,8 +546,11 @@ class MergeVQModel(MergeVQPreTrainedModel):
                 f"codes has {codes.shape[1]} positions; decode needs L={num_positions} "
                 "(pass source= to unmerge K tokens, or a source_recovery model)"
             )
-        quantized = indices_to_codes(codes.long(), self.config.code_dim, dtype=self.decoder.conv_in.weight.dtype)
-        return self.decode_quantized(quantized)
+        return self.decode_quantized(self.indices_to_quantized(codes))
+
+    def indices_to_quantized(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices [...] -> the ±1 quantized vectors [..., code_dim] (the decoder's dtype)."""
+        return indices_to_codes(indices.long(), self.config.code_dim, dtype=self.decoder.conv_in.weight.dtype)
 
     def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
         """Decode per-position quantized vectors [B, L, D] (differentiable path used in training)."""

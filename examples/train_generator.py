@@ -1,11 +1,16 @@
-"""Train MergeAR on a code dataset written by ``examples/extract_codes.py`` (``mergevq extract-codes``).
+"""Train a generator on a code dataset written by ``mergevq extract-codes`` (``examples/extract_codes.py``).
 
-    accelerate launch examples/train_mergear.py --codes data/codes --output-dir runs/mergear \
-        --preset mergear-b --batch-size 32 --max-steps 100000 [--tokenizer runs/tokenizer] [--resume latest]
+    accelerate launch examples/train_generator.py --codes data/codes --output-dir runs/mergear \
+        --arch mergear --preset mergear-b --batch-size 32 --max-steps 100000 [--tokenizer runs/tokenizer] [--resume latest]
+
+``--arch``: ``mergear`` (raster order, duplicates masked and never cached; paper 4.1), ``raster`` (the same
+model without duplicate masking: the plain LlamaGen-style baseline) or ``random-ar`` (the K merged tokens in a
+new random order per sample with position instructions; paper 4.2; its position prior is counted on the code
+dataset before training).
 
 Reads top to bottom: arguments -> model -> optimizer -> data -> prepare -> (resume) -> one loop with
-checkpoints (atomic, ``--total-limit``), metrics in ``metrics.jsonl``, sample grids (with ``--tokenizer``),
-and a final ``save_pretrained`` export with a model card.
+checkpoints (atomic, ``--total-limit``), metrics in ``metrics.jsonl``, sample grids (with ``--tokenizer``, and
+``--source-recovery`` for ``random-ar``), and a final ``save_pretrained`` export with a model card.
 """
 
 from __future__ import annotations
@@ -19,11 +24,19 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from mergevq_hf import MergeARConfig, MergeARForCausalLM, MergeVQModel
+from mergevq_hf import (
+    MergeARConfig,
+    MergeARForCausalLM,
+    MergeVQModel,
+    RandomARConfig,
+    RandomARForCausalLM,
+    SourceRecoveryModel,
+)
 from mergevq_hf.image_utils import make_grid
 from mergevq_hf.model_card import write_model_card
 from mergevq_hf.models.mergear import generate_codes
-from mergevq_hf.training.codes import load_codes
+from mergevq_hf.models.random_ar import generate_random_order
+from mergevq_hf.training.codes import load_codes, pad_tokens, position_counts
 from mergevq_hf.training.trainer_utils import (
     MetricsLogger,
     TrainingState,
@@ -38,10 +51,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codes", required=True, help="folder with train-*.parquet code shards")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--preset", default="mergear-b", help="MergeARConfig preset (ignored with --init-from)")
-    p.add_argument("--config-overrides", default="{}", help="JSON dict of MergeARConfig fields")
-    p.add_argument("--init-from", help="pretrained MergeAR folder or Hub id to fine-tune")
+    p.add_argument("--arch", default="mergear", choices=sorted(ARCHS), help="generator kind (see above)")
+    p.add_argument("--preset", default=None, help="config preset (default: the arch's B size; not with --init-from)")
+    p.add_argument("--config-overrides", default="{}", help="JSON dict of config fields")
+    p.add_argument("--init-from", help="pretrained generator folder or Hub id to fine-tune (same --arch)")
     p.add_argument("--tokenizer", help="MergeVQ tokenizer folder, for sample grids")
+    p.add_argument("--source-recovery", help="SourceRecoveryModel folder, for random-ar sample grids")
+    p.add_argument("--num-inference-steps", type=int, default=None, help="random-ar sample grids: decoding steps")
     p.add_argument("--batch-size", type=int, default=32, help="per process")
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=1000)
@@ -61,11 +77,31 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def create_model(args, num_positions: int) -> MergeARForCausalLM:
+# arch -> (config class, model class, default preset, fixed config fields)
+ARCHS = {
+    "mergear": (MergeARConfig, MergeARForCausalLM, "mergear-b", {"prune_duplicates": True}),
+    "raster": (MergeARConfig, MergeARForCausalLM, "mergear-b", {"prune_duplicates": False}),
+    "random-ar": (RandomARConfig, RandomARForCausalLM, "random-ar-b", {}),
+}
+
+
+def create_model(args, num_positions: int):
+    config_class, model_class, preset, fixed = ARCHS[args.arch]
     if args.init_from:
-        return MergeARForCausalLM.from_pretrained(args.init_from)
-    overrides = {"num_positions": num_positions, **json.loads(args.config_overrides)}
-    return MergeARForCausalLM(MergeARConfig.from_preset(args.preset, **overrides))
+        model = model_class.from_pretrained(args.init_from)
+        for name, value in fixed.items():
+            if getattr(model.config, name) != value:
+                raise ValueError(f"--init-from {args.init_from} has {name}={getattr(model.config, name)}, not --arch")
+        return model
+    overrides = {"num_positions": num_positions, **json.loads(args.config_overrides), **fixed}
+    return model_class(config_class.from_preset(args.preset or preset, **overrides))
+
+
+def training_inputs(raw, batch, labels) -> dict:
+    """Keyword arguments of the (wrapped) model's forward for one batch of the code dataset."""
+    if isinstance(raw, RandomARForCausalLM):  # a new random order per sample, drawn from the process's RNG
+        return raw.training_inputs(batch["tokens"], batch["positions"], labels, batch["num_tokens"])
+    return raw.training_inputs(batch["codes"], labels, batch["num_tokens"])
 
 
 def create_optimizer(model, args):
@@ -79,19 +115,26 @@ def create_dataloader(args):
     dataset = load_codes(args.codes)
     generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator, collate_fn=pad_tokens
     )
-    return loader, len(dataset[0]["codes"])
+    return loader, dataset
 
 
 @torch.no_grad()
-def save_samples(model, tokenizer, path, num_tokens, seed):
+def save_samples(model, tokenizer, recovery, path, num_tokens, args):
     model.eval()
     labels = list(range(min(model.config.num_classes, 8)))
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(labels))]
-    codes = generate_codes(model, labels, num_tokens, guidance_scale=2.0, temperature=1.0, generators=generators)
-    images = tokenizer.decode(codes.to(tokenizer.device)).clamp(-1, 1)
-    make_grid(images, ncols=len(labels)).save(path)
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
+    if isinstance(model, RandomARForCausalLM):
+        out = generate_random_order(
+            model, labels, num_tokens, args.num_inference_steps, guidance_scale=2.0, generators=generators
+        )
+        device = tokenizer.device
+        images = tokenizer.decode(out.codes.to(device), source_recovery=recovery, positions=out.positions.to(device))
+    else:
+        codes = generate_codes(model, labels, num_tokens, guidance_scale=2.0, temperature=1.0, generators=generators)
+        images = tokenizer.decode(codes.to(tokenizer.device))
+    make_grid(images.clamp(-1, 1), ncols=len(labels)).save(path)
     model.train()
 
 
@@ -106,23 +149,30 @@ def main(argv=None):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)  # identical initialisation on every process (not everything is DDP-broadcast)
-    loader, num_positions = create_dataloader(args)
-    model = create_model(args, num_positions)
+    loader, dataset = create_dataloader(args)
+    model = create_model(args, len(dataset[0]["codes"]))
+    if isinstance(model, RandomARForCausalLM) and not args.init_from:
+        model.set_position_prior(position_counts(dataset, model.config.num_positions))
     optimizer = create_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     set_seed(args.seed, device_specific=True)  # from here on, per-process randomness (dropout, label dropout)
     state = TrainingState()
     register_for_checkpointing(accelerator, training=state)  # safetensors, not accelerate's pickle
     if args.report_to:
-        accelerator.init_trackers("mergear", config=vars(args))
+        accelerator.init_trackers(args.arch, config=vars(args))
     resumed = resume_from(accelerator, output, args.resume)
     if resumed:
         accelerator.print(f"resumed from {resumed} at step {state.step}")
     tokenizer = MergeVQModel.from_pretrained(args.tokenizer).to(accelerator.device).eval() if args.tokenizer else None
+    recovery = None
+    if args.source_recovery:
+        recovery = SourceRecoveryModel.from_pretrained(args.source_recovery).to(accelerator.device).eval()
+    if tokenizer is not None and args.arch == "random-ar" and recovery is None:
+        raise ValueError("--tokenizer with --arch random-ar needs --source-recovery to decode sample grids")
     logger = MetricsLogger(accelerator, output / "metrics.jsonl")
 
     model.train()
-    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="mergear")
+    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=args.arch)
     while state.step < args.max_steps:
         loader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
@@ -131,7 +181,7 @@ def main(argv=None):
                 raw = accelerator.unwrap_model(model)
                 labels = batch["label"].masked_fill(batch["label"] < 0, raw.config.num_classes)  # unknown: null class
                 # through the wrapped model's forward: DDP averages the gradients over processes
-                loss = model(**raw.training_inputs(batch["codes"], labels, batch["num_tokens"])).loss
+                loss = model(**training_inputs(raw, batch, labels)).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -163,9 +213,10 @@ def main(argv=None):
                     save_samples(
                         accelerator.unwrap_model(model),
                         tokenizer,
+                        recovery,
                         output / f"samples/step-{state.step}.png",
                         k,
-                        args.seed,
+                        args,
                     )
             if state.step % args.save_every == 0 or state.step == args.max_steps:
                 save_checkpoint(accelerator, output, state.step, args.total_limit)
@@ -180,7 +231,8 @@ def main(argv=None):
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         final.save_pretrained(output / "final")
-        write_model_card(output / "final", "mergear", training={"steps": state.step, **vars(args)})
+        card = "random_ar" if args.arch == "random-ar" else "mergear"
+        write_model_card(output / "final", card, training={"steps": state.step, **vars(args)})
     accelerator.end_training()
 
 
