@@ -1,7 +1,8 @@
 """Train a generator on a code dataset written by ``mergevq extract-codes`` (``examples/extract_codes.py``).
 
     accelerate launch examples/train_generator.py --codes data/codes --output-dir runs/mergear \
-        --arch mergear --preset mergear-b --batch-size 32 --max-steps 100000 [--tokenizer runs/tokenizer] [--resume latest]
+        --arch mergear --preset mergear-b --batch-size 32 --max-steps 100000 \
+        [--tokenizer runs/tokenizer] [--resume latest]
 
 ``--arch``: ``mergear`` (raster order, duplicates masked and never cached; paper 4.1), ``raster`` (the same
 model without duplicate masking: the plain LlamaGen-style baseline) or ``random-ar`` (the K merged tokens in a

@@ -81,7 +81,8 @@ class MergeVQPipeline:
                 raise ValueError("source_recovery must read token positions (use_positions=True) for random order")
         if source_recovery is not None and source_recovery.config.num_positions != tokenizer.config.num_positions:
             raise ValueError(
-                f"source_recovery has L={source_recovery.config.num_positions}, tokenizer {tokenizer.config.num_positions}"
+                f"source_recovery has L={source_recovery.config.num_positions}, "
+                f"the tokenizer {tokenizer.config.num_positions}"
             )
         if tokenizer.config.num_positions != generator.config.num_positions:
             raise ValueError(
