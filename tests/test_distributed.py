@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -62,13 +63,14 @@ def _assert_same_replicas(rank0: dict, rank1: dict) -> None:
     assert not differing, f"replicas diverged (gradients not averaged): {differing[:5]}"
 
 
-def test_mergear_replicas_stay_identical(codes_dir, tmp_path):
+@pytest.mark.parametrize("arch", ["mergear", "random-ar"])
+def test_generator_replicas_stay_identical(arch, codes_dir, tmp_path):
     args = [
-        *("--codes", str(codes_dir), "--preset", "tiny", "--batch-size", "4", "--max-steps", "4"),
+        *("--codes", str(codes_dir), "--preset", "tiny", "--batch-size", "4", "--max-steps", "4", "--arch", arch),
         *("--save-every", "100", "--log-every", "1", "--config-overrides", '{"num_classes": 10}'),
         *("--output-dir", str(tmp_path / "run")),
     ]
-    rank0, rank1 = _launch_and_dump(tmp_path, "train_mergear.py", args)
+    rank0, rank1 = _launch_and_dump(tmp_path, "train_generator.py", args)
     _assert_same_replicas(rank0, rank1)
     final = load_file(tmp_path / "run/final/model.safetensors")
     assert all(torch.equal(final[k], rank0[k]) for k in final)

@@ -8,8 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from mergevq_hf import MergeARConfig, MergeARForCausalLM, MergeVQConfig, MergeVQModel, MergeVQPipeline
+from mergevq_hf import (
+    MergeARConfig,
+    MergeARForCausalLM,
+    MergeVQConfig,
+    MergeVQModel,
+    MergeVQPipeline,
+    RandomARConfig,
+    RandomARForCausalLM,
+    SourceRecoveryConfig,
+    SourceRecoveryModel,
+)
 from mergevq_hf.cli import main as cli_main
+from mergevq_hf.models.random_ar import decode_schedule
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +93,67 @@ def test_mismatched_components_rejected():
     generator = MergeARForCausalLM(MergeARConfig.from_preset("tiny", num_positions=16))
     with pytest.raises(ValueError, match="positions"):
         MergeVQPipeline(tokenizer, generator)
+
+
+@pytest.fixture(scope="module")
+def random_ar_pipe():
+    """A random-weight random-order pipeline: tiny tokenizer + RandomAR + position-reading source recovery."""
+    torch.manual_seed(0)
+    tokenizer = MergeVQModel(MergeVQConfig.from_preset("tiny"))
+    generator = RandomARForCausalLM(RandomARConfig.from_preset("tiny"))
+    recovery = SourceRecoveryModel(
+        SourceRecoveryConfig(code_dim=8, num_positions=64, dim=32, num_heads=2, use_positions=True)
+    )
+    pipe = MergeVQPipeline(tokenizer, generator, recovery)
+    pipe.progress = False
+    return pipe
+
+
+def test_random_order_path_recovers_the_source_and_decodes(random_ar_pipe, tmp_path):
+    pipe = random_ar_pipe
+    out = pipe(
+        class_labels=[1, 2, 3], num_tokens=20, num_inference_steps=6, generator=_gens([0, 1, 2]), output_type="pt"
+    )
+    assert out.tokens.shape == (3, 20) and out.positions.shape == (3, 20) and out.source.shape == (3, 64)
+    assert out.num_steps == len(decode_schedule(20, 6)) == 6
+    assert torch.equal(out.codes, pipe.tokenizer.unmerge(out.tokens, out.source))
+    with torch.no_grad():
+        quantized = pipe.tokenizer.indices_to_quantized(out.tokens)
+        expected = pipe.source_recovery.predict_source(quantized, positions=out.positions)
+        torch.testing.assert_close(out.images, (pipe.tokenizer.decode(out.codes).clamp(-1, 1) + 1) / 2)
+    assert torch.equal(out.source, expected)
+    single = pipe(class_labels=2, num_tokens=20, num_inference_steps=6, generator=_gens([1]), output_type="pt")
+    assert torch.equal(single.tokens[0], out.tokens[1]) and torch.equal(single.positions[0], out.positions[1])
+    pipe.save_pretrained(tmp_path / "rar")
+    assert '"RandomARForCausalLM"' in (tmp_path / "rar/model_index.json").read_text()
+    again = MergeVQPipeline.from_pretrained(tmp_path / "rar")
+    assert isinstance(again.generator, RandomARForCausalLM) and again.source_recovery is not None
+    again.progress = False
+    b = again(
+        class_labels=[1, 2, 3], num_tokens=20, num_inference_steps=6, generator=_gens([0, 1, 2]), output_type="pt"
+    )
+    assert torch.equal(b.codes, out.codes)
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is in the test extra; skip only in a bare clone")
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "rar", trust_remote_code=True)
+    loaded.progress = False
+    c = loaded(
+        class_labels=[1, 2, 3], num_tokens=20, num_inference_steps=6, generator=_gens([0, 1, 2]), output_type="pt"
+    )
+    assert torch.equal(c.codes, out.codes)
+
+
+def test_random_order_pipeline_checks(random_ar_pipe, default_pipe):
+    with pytest.raises(ValueError, match="needs a source_recovery"):
+        MergeVQPipeline(random_ar_pipe.tokenizer, random_ar_pipe.generator)
+    official_style = SourceRecoveryModel(SourceRecoveryConfig(code_dim=8, num_positions=64, dim=32, num_heads=2))
+    with pytest.raises(ValueError, match="use_positions"):
+        MergeVQPipeline(random_ar_pipe.tokenizer, random_ar_pipe.generator, official_style)
+    with pytest.raises(ValueError, match=r"num_inference_steps=21; allowed: None \(K steps\) or an int in 1..K=20"):
+        random_ar_pipe(class_labels=[1], num_tokens=20, num_inference_steps=21)
+    with pytest.raises(TypeError, match="num_inference_steps=2.5"):
+        random_ar_pipe(class_labels=[1], num_tokens=20, num_inference_steps=2.5)
+    with pytest.raises(ValueError, match="raster generator"):
+        default_pipe(class_labels=[1], num_inference_steps=8)
 
 
 def test_cli_generate_writes_a_grid(tmp_path):
