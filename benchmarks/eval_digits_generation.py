@@ -1,28 +1,31 @@
-"""Class-conditional generation quality on the local digits data, judged by an independent classifier.
+"""Class-conditional generation on the local digits data, judged by an independent classifier; several pipelines
+compared on one footing (same labels, seeds, K, guidance).
 
-A scikit-learn classifier is trained on real digits (the train split of the local dataset, pooled back to
-8x8 as in ``sklearn.datasets.load_digits``). It then reports: its accuracy on real held-out digits, on the
-tokenizer's reconstructions of them, and how often it recognises the requested class in images generated
-by MergeAR + the tokenizer.
+A scikit-learn classifier is trained on real digits (the train split, pooled back to 8x8 as in
+``sklearn.datasets.load_digits``). It reports its accuracy on real held-out digits and on the tokenizer's
+reconstructions of them, then, for each pipeline, how often it recognises the requested class in generated images,
+the generator's sampling steps, and the wall time per image on this machine (batches of one image per class, the
+pipelines interleaved batch by batch; median and interquartile range over the batches).
 
-    python benchmarks/eval_digits_generation.py --data data/digits --tokenizer runs/tok/final \
-        --generator runs/ar/final --num-tokens 36 --per-class 20 --guidance-scale 2.0
+    python benchmarks/eval_digits_generation.py --data data/digits \
+        --pipeline mergear=PIPELINE_DIR --pipeline random-ar=OTHER_DIR:12 --per-class 20
+    (NAME=DIR[:STEPS]; STEPS = num_inference_steps for a random-order generator)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import statistics
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
-from mergevq_hf import MergeARForCausalLM, MergeVQModel
+from mergevq_hf import MergeVQPipeline
 from mergevq_hf.image_utils import make_grid
-from mergevq_hf.models.mergear import generate_codes
 from mergevq_hf.training.data import load_split_tensors
 
 
@@ -33,63 +36,101 @@ def to_features(images: torch.Tensor) -> np.ndarray:
     return ((pooled + 1) * 8).flatten(1).numpy()
 
 
+def parse_pipeline(text: str) -> tuple[str, str, int | None]:
+    name, _, rest = text.partition("=")
+    if not rest:
+        raise ValueError(f"--pipeline {text!r}; allowed: NAME=DIR or NAME=DIR:STEPS")
+    folder, _, steps = rest.rpartition(":") if rest.rpartition(":")[2].isdigit() else (rest, "", "")
+    return name, folder, int(steps) if steps else None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--generator", required=True)
+    p.add_argument("--pipeline", action="append", required=True, help="NAME=DIR[:STEPS] (repeatable)")
     p.add_argument("--num-tokens", type=int, default=36)
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--guidance-scale", type=float, default=2.0)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grid", default="digits_generated.png")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--grid-prefix", default="digits_generated")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    tokenizer = MergeVQModel.from_pretrained(args.tokenizer).eval()
-    generator = MergeARForCausalLM.from_pretrained(args.generator).eval()
+    variants = [parse_pipeline(text) for text in args.pipeline]
+    pipes = {name: MergeVQPipeline.from_pretrained(folder) for name, folder, _ in variants}
+    for pipe in pipes.values():
+        pipe.progress = False
+    tokenizer = next(iter(pipes.values())).tokenizer
     size = tokenizer.config.resolution
     train_x, train_y = load_split_tensors(args.data, "train", size)
     test_x, test_y = load_split_tensors(args.data, "test", size)
     classifier = LogisticRegression(max_iter=5000).fit(to_features(train_x), train_y.numpy())
-
     with torch.no_grad():
         enc = tokenizer.encode(test_x, num_tokens=args.num_tokens)
         recon = tokenizer.decode(tokenizer.unmerge(enc.indices, enc.source))
-        labels = torch.arange(10).repeat_interleave(args.per_class)
-        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
-        codes = generate_codes(
-            generator,
-            labels,
-            args.num_tokens,
-            guidance_scale=args.guidance_scale,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            generators=generators,
+    report = {
+        "classifier_accuracy_real_heldout": round(
+            float((classifier.predict(to_features(test_x)) == test_y.numpy()).mean()), 4
+        ),
+        "classifier_accuracy_reconstructed_heldout": round(
+            float((classifier.predict(to_features(recon)) == test_y.numpy()).mean()), 4
+        ),
+        "num_tokens": args.num_tokens,
+        "guidance_scale": args.guidance_scale,
+        "temperature": args.temperature,
+        "torch_threads": torch.get_num_threads(),
+        "generators": {},
+    }
+    images = {name: [] for name in pipes}
+    seconds = {name: [] for name in pipes}
+    steps = {}
+    labels = list(range(10))
+    for batch in range(args.per_class):  # one image per class per batch, the pipelines interleaved
+        seeds = [args.seed + batch * 10 + c for c in labels]
+        for name, _, num_steps in variants:
+            kwargs = {"num_inference_steps": num_steps} if num_steps else {}
+            start = time.perf_counter()
+            out = pipes[name](
+                class_labels=labels,
+                num_tokens=args.num_tokens,
+                guidance_scale=args.guidance_scale,
+                temperature=args.temperature,
+                generator=[torch.Generator().manual_seed(s) for s in seeds],
+                output_type="pt",
+                **kwargs,
+            )
+            seconds[name].append((time.perf_counter() - start) / len(labels))
+            images[name].append(out.images * 2 - 1)
+            steps[name] = out.num_steps
+    wanted = np.tile(np.arange(10), args.per_class)
+    for name, folder, _ in variants:
+        generated = torch.cat(images[name])
+        accuracy = float((classifier.predict(to_features(generated)) == wanted).mean())
+        q = statistics.quantiles(seconds[name], n=4) if len(seconds[name]) > 1 else [seconds[name][0]] * 3
+        report["generators"][name] = {
+            "pipeline": folder,
+            "generator": type(pipes[name].generator).__name__,
+            "steps": steps[name],
+            "seconds_per_image_median": round(statistics.median(seconds[name]), 4),
+            "seconds_per_image_iqr": [round(q[0], 4), round(q[2], 4)],
+            "recognised_as_requested": round(accuracy, 4),
+            "num_generated": len(generated),
+        }
+        rows = min(args.per_class, 10)
+        grid = make_grid(generated[: rows * 10], ncols=10)
+        grid.resize((grid.width * 4, grid.height * 4)).save(f"{args.grid_prefix}_{name}.png")
+    print(json.dumps(report, indent=1))
+    print("\n| generator | steps | s / image (median, IQR) | recognised as requested |\n|---|---|---|---|")
+    for name, row in report["generators"].items():
+        iqr = row["seconds_per_image_iqr"]
+        print(
+            f"| {name} | {row['steps']} | {row['seconds_per_image_median']} ({iqr[0]}-{iqr[1]}) "
+            f"| {row['recognised_as_requested']} |"
         )
-        images = tokenizer.decode(codes).clamp(-1, 1)
-    real_acc = float((classifier.predict(to_features(test_x)) == test_y.numpy()).mean())
-    recon_acc = float((classifier.predict(to_features(recon)) == test_y.numpy()).mean())
-    gen_acc = float((classifier.predict(to_features(images)) == labels.numpy()).mean())
-    order = torch.arange(len(labels)).view(10, args.per_class)[:, : min(args.per_class, 10)].T.flatten()
-    make_grid(images[order], ncols=10).resize((10 * 4 * (size + 2), min(args.per_class, 10) * 4 * (size + 2))).save(
-        args.grid
-    )
-    print(
-        json.dumps(
-            {
-                "classifier_accuracy_real_heldout": round(real_acc, 4),
-                "classifier_accuracy_reconstructed_heldout": round(recon_acc, 4),
-                "generated_recognised_as_requested": round(gen_acc, 4),
-                "num_generated": len(labels),
-                "num_tokens": args.num_tokens,
-                "guidance_scale": args.guidance_scale,
-                "temperature": args.temperature,
-                "grid": str(Path(args.grid).resolve()),
-            }
-        )
-    )
+    print(f"| real held-out digits | | | {report['classifier_accuracy_real_heldout']} |")
 
 
 if __name__ == "__main__":

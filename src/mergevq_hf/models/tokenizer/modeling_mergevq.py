@@ -532,7 +532,8 @@ class MergeVQModel(MergeVQPreTrainedModel):
         num_positions = self.config.num_positions
         recovery = source_recovery or getattr(self, "_source_recovery", None)
         if source is None and codes.shape[1] != num_positions and recovery is not None:
-            source = recovery.predict_source(self.indices_to_quantized(codes), positions=positions)
+            extra = {} if positions is None else {"positions": positions}
+            source = recovery.predict_source(self.indices_to_quantized(codes), **extra)
         if source is not None:
             self._check_codes(source, "source")
             if source.shape[1] != num_positions or source.max() >= codes.shape[1]:
