@@ -42,6 +42,24 @@ def test_embedded_default_generates_digits(default_pipe):
     assert default_pipe.id2label[7] == "7"
 
 
+def test_embedded_random_order_default_generates_digits(tmp_path):
+    """The second embedded default: random-order generator + source recovery, same tokenizer as the first."""
+    from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR, DEFAULT_RANDOM_AR_PIPELINE_DIR
+
+    pipe = MergeVQPipeline.from_pretrained(DEFAULT_RANDOM_AR_PIPELINE_DIR)
+    pipe.progress = False
+    assert isinstance(pipe.generator, RandomARForCausalLM) and pipe.source_recovery.config.use_positions
+    assert pipe.generator.position_counts[36].sum() > 0, "the position prior was counted on the training codes"
+    out = pipe(class_labels=[3, "7"], num_images_per_label=2, num_inference_steps=12, generator=_gens([0, 1, 2, 3]))
+    assert out.num_steps == 12 and out.tokens.shape == (4, 36) and len(out.images) == 4
+    assert torch.equal(out.codes, pipe.tokenizer.unmerge(out.tokens, out.source))
+    same = (DEFAULT_PIPELINE_DIR / "tokenizer/model.safetensors").read_bytes()
+    assert (DEFAULT_RANDOM_AR_PIPELINE_DIR / "tokenizer/model.safetensors").read_bytes() == same
+    output = tmp_path / "rar.png"
+    argv = ["generate", "--default", "random-ar", "--class-id", "5", "--num-images", "2", "--output", str(output)]
+    assert cli_main([*argv, "--num-inference-steps", "9", "--scale", "1"]) == 0 and output.exists()
+
+
 def test_image_depends_only_on_seed_and_label(default_pipe):
     seeds = [11, 12, 13, 14, 15, 16, 17, 18]
     labels = [0, 1, 2, 3, 4, 5, 6, 7]
