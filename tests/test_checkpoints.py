@@ -265,7 +265,7 @@ def test_metrics_rows_after_the_checkpoint_are_dropped(tmp_path):
 def test_tokenizer_checkpoint_holds_only_trainable_state(digits, tmp_path):
     """The tiny tokenizer with the full default loss (frozen LPIPS-VGG inside MergeVQLoss): the checkpoint holds no
     pickle and no frozen network. Bound: folder <= optimizer files + 2 x model.safetensors (weights + EMA) +
-    discriminator weights + 1 MiB (the pickled MergeVQLoss alone used to be ~70 MB).
+    discriminator weights + source recovery weights + 1 MiB (the pickled MergeVQLoss alone used to be ~70 MB).
     (Interrupted + resumed runs, with a damaged newest checkpoint, are in
     test_training_scripts.py::test_train_tokenizer_resumes_exactly.)"""
     load_example("train_tokenizer").main(
@@ -279,6 +279,7 @@ def test_tokenizer_checkpoint_holds_only_trainable_state(digits, tmp_path):
     assert sorted(sizes) == [
         "COMPLETE",
         "model.safetensors",
+        "model_1.safetensors",  # the source recovery, trained with the tokenizer by default
         "optimizer.bin",
         "optimizer_1.bin",
         "rng_state_0.safetensors",
@@ -291,7 +292,7 @@ def test_tokenizer_checkpoint_holds_only_trainable_state(digits, tmp_path):
     assert {k.split("/")[0] for k in gan} == {"discriminator", "lecam"}, "no LPIPS in the checkpoint"
     disc_bytes = sum(v.numel() * v.element_size() for v in gan.values())
     optimizer_bytes = sizes["optimizer.bin"] + sizes["optimizer_1.bin"]
-    bound = optimizer_bytes + 2 * sizes["model.safetensors"] + disc_bytes + 2**20
+    bound = optimizer_bytes + 2 * sizes["model.safetensors"] + sizes["model_1.safetensors"] + disc_bytes + 2**20
     assert sum(sizes.values()) <= bound, (sizes, bound)
     ema = load_file(checkpoint / "state_ema.safetensors")
     model = load_file(checkpoint / "model.safetensors")
