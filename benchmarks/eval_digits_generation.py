@@ -1,5 +1,6 @@
 """Class-conditional generation on the local digits data, judged by an independent classifier; several pipelines
-compared on one footing (same labels, seeds, K, guidance).
+compared on one footing (same labels, seeds, K; guidance: each pipeline's recommended scale unless
+--guidance-scale sets one for all).
 
 A scikit-learn classifier is trained on real digits (the train split, pooled back to 8x8 as in
 ``sklearn.datasets.load_digits``). It reports its accuracy on real held-out digits and on the tokenizer's
@@ -50,7 +51,9 @@ def main(argv=None):
     p.add_argument("--pipeline", action="append", required=True, help="NAME=DIR[:STEPS] (repeatable)")
     p.add_argument("--num-tokens", type=int, default=36)
     p.add_argument("--per-class", type=int, default=20)
-    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="default: each pipeline's own (pipe.default_guidance_scale)"
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -79,7 +82,7 @@ def main(argv=None):
             float((classifier.predict(to_features(recon)) == test_y.numpy()).mean()), 4
         ),
         "num_tokens": args.num_tokens,
-        "guidance_scale": args.guidance_scale,
+        "guidance_scale": args.guidance_scale or "each pipeline's default",
         "temperature": args.temperature,
         "torch_threads": torch.get_num_threads(),
         "generators": {},
@@ -114,6 +117,7 @@ def main(argv=None):
             "pipeline": folder,
             "generator": type(pipes[name].generator).__name__,
             "steps": steps[name],
+            "guidance_scale": args.guidance_scale or pipes[name].default_guidance_scale,
             "seconds_per_image_median": round(statistics.median(seconds[name]), 4),
             "seconds_per_image_iqr": [round(q[0], 4), round(q[2], 4)],
             "recognised_as_requested": round(accuracy, 4),
@@ -123,14 +127,14 @@ def main(argv=None):
         grid = make_grid(generated[: rows * 10], ncols=10)
         grid.resize((grid.width * 4, grid.height * 4)).save(f"{args.grid_prefix}_{name}.png")
     print(json.dumps(report, indent=1))
-    print("\n| generator | steps | s / image (median, IQR) | recognised as requested |\n|---|---|---|---|")
+    print("\n| generator | steps | CFG | s / image (median, IQR) | recognised as requested |\n|---|---|---|---|---|")
     for name, row in report["generators"].items():
         iqr = row["seconds_per_image_iqr"]
         print(
-            f"| {name} | {row['steps']} | {row['seconds_per_image_median']} ({iqr[0]}-{iqr[1]}) "
+            f"| {name} | {row['steps']} | {row['guidance_scale']} | {row['seconds_per_image_median']} ({iqr[0]}-{iqr[1]}) "
             f"| {row['recognised_as_requested']} |"
         )
-    print(f"| real held-out digits | | | {report['classifier_accuracy_real_heldout']} |")
+    print(f"| real held-out digits | | | | {report['classifier_accuracy_real_heldout']} |")
 
 
 if __name__ == "__main__":

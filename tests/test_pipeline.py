@@ -72,6 +72,22 @@ def test_image_depends_only_on_seed_and_label(default_pipe):
     assert not torch.equal(other.codes[0], batch.codes[0])
 
 
+def test_default_guidance_scale_comes_from_the_generation_config(default_pipe, tmp_path):
+    """No guidance_scale: the generator folder's generation_config.json decides (the shipped MergeAR default
+    recommends 3.0); a folder without one gets 2.0; an explicit value always wins."""
+    assert default_pipe.generator.generation_config.guidance_scale == 3.0
+    assert default_pipe.default_guidance_scale == 3.0
+    codes = {s: default_pipe(class_labels=[2, 8], guidance_scale=s, generator=_gens([3, 4])).codes for s in (2.0, 3.0)}
+    implicit = default_pipe(class_labels=[2, 8], generator=_gens([3, 4])).codes
+    assert torch.equal(implicit, codes[3.0]) and not torch.equal(implicit, codes[2.0])
+    default_pipe.save_pretrained(tmp_path / "pipe")
+    (tmp_path / "pipe/generator/generation_config.json").unlink()
+    plain = MergeVQPipeline.from_pretrained(tmp_path / "pipe")
+    plain.progress = False
+    assert plain.generator.generation_config.guidance_scale is None and plain.default_guidance_scale == 2.0
+    assert torch.equal(plain(class_labels=[2, 8], generator=_gens([3, 4])).codes, codes[2.0])
+
+
 def test_save_and_reload_give_identical_images(default_pipe, tmp_path):
     default_pipe.save_pretrained(tmp_path / "pipe")
     reloaded = MergeVQPipeline.from_pretrained(tmp_path / "pipe")

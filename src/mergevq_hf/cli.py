@@ -99,6 +99,7 @@ def _generate(args: argparse.Namespace) -> int:
                 "model": args.model or f"embedded-default ({args.default or 'mergear'})",
                 "generator": type(pipe.generator).__name__,
                 "steps": out.num_steps,
+                "guidance_scale": pipe.default_guidance_scale if args.guidance_scale is None else args.guidance_scale,
                 "labels": out.labels,
                 "names": names,
                 "output": str(output),
@@ -211,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--guidance-scale",
         type=float,
-        default=2.0,
-        help="classifier-free guidance scale, finite and >= 1; 1 = no guidance (default: %(default)s)",
+        default=None,
+        help="classifier-free guidance scale, finite and >= 1; 1 = no guidance (default: the scale in the "
+        "generator's generation_config.json, else 2.0)",
     )
     gen.add_argument(
         "--temperature", type=float, default=1.0, help="sampling temperature, >= 0; 0 = greedy (default: %(default)s)"

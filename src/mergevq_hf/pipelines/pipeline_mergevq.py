@@ -35,6 +35,7 @@ from ..models.tokenizer import MergeVQModel
 COMPONENTS = {"tokenizer": MergeVQModel, "generator": MergeARForCausalLM, "source_recovery": SourceRecoveryModel}
 GENERATOR_CLASSES = {cls.__name__: cls for cls in (MergeARForCausalLM, RandomARForCausalLM)}
 OUTPUT_TYPES = ("pil", "np", "pt")
+DEFAULT_GUIDANCE_SCALE = 2.0  # when the generator's generation_config.json names none
 DIFFUSERS_MODULE = "diffusers_mergevq"
 
 
@@ -94,6 +95,15 @@ class MergeVQPipeline:
                 f"code_dim differs: tokenizer {tokenizer.config.code_dim}, generator {generator.config.code_dim}"
             )
 
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance scale used when ``__call__`` gets none: ``guidance_scale`` of the generator's
+        ``generation_config.json`` when its folder sets one (the scale the checkpoint was measured at, like
+        transformers' generation defaults), else ``DEFAULT_GUIDANCE_SCALE`` (2.0)."""
+        config = getattr(self.generator, "generation_config", None)
+        scale = getattr(config, "guidance_scale", None)
+        return float(scale) if scale is not None else DEFAULT_GUIDANCE_SCALE
+
     # ------------------------------------------------------------------ labels
     @property
     def id2label(self) -> dict[int, str]:
@@ -143,7 +153,7 @@ class MergeVQPipeline:
         class_labels: int | str | Sequence[int | str],
         num_images_per_label: int = 1,
         num_tokens: int | None = None,
-        guidance_scale: float = 2.0,
+        guidance_scale: float | None = None,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -157,10 +167,14 @@ class MergeVQPipeline:
         generator: one ``torch.Generator`` per image (an image then depends only on its generator and label,
         not on the rest of the batch), or a single one from which per-image keys are drawn in order.
         num_tokens: K given to the merge-instruction token, 1..L (default: the tokenizer's K).
+        guidance_scale: classifier-free guidance, >= 1 (default: :attr:`default_guidance_scale`, the scale the
+        generator's folder recommends in its ``generation_config.json``, else 2.0).
         num_inference_steps: random-order generators only: decoding steps S <= K (several tokens per step on
         RandAR's cosine schedule; default K, one per step). Raster generators always take L steps.
         Every argument is checked first by :meth:`check_inputs` (``ValueError`` / ``TypeError`` on bad values).
         """
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         num_tokens = self.check_inputs(
             class_labels,
             num_images_per_label=num_images_per_label,
@@ -225,7 +239,7 @@ class MergeVQPipeline:
         class_labels,
         num_images_per_label: int = 1,
         num_tokens: int | None = None,
-        guidance_scale: float = 2.0,
+        guidance_scale: float | None = None,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -266,7 +280,8 @@ class MergeVQPipeline:
             )
         finite = math.isfinite
         allowed_scale = "a finite number >= 1 (1 = no guidance, > 1 = classifier-free guidance)"
-        _check_number("guidance_scale", guidance_scale, allowed_scale, lambda v: finite(v) and v >= 1)
+        if guidance_scale is not None:  # None: default_guidance_scale
+            _check_number("guidance_scale", guidance_scale, allowed_scale, lambda v: finite(v) and v >= 1)
         _check_number("temperature", temperature, "a finite number >= 0 (0 = greedy)", lambda v: finite(v) and v >= 0)
         _check_number("top_k", top_k, "an int >= 0 (0 = no top-k filtering)", lambda v: v >= 0, integer=True)
         allowed_p = "a number in (0, 1] (1 = no nucleus filtering)"
