@@ -131,8 +131,8 @@ def main(argv=None):
     for name, row in report["generators"].items():
         iqr = row["seconds_per_image_iqr"]
         print(
-            f"| {name} | {row['steps']} | {row['guidance_scale']} | {row['seconds_per_image_median']} ({iqr[0]}-{iqr[1]}) "
-            f"| {row['recognised_as_requested']} |"
+            f"| {name} | {row['steps']} | {row['guidance_scale']} | {row['seconds_per_image_median']} "
+            f"({iqr[0]}-{iqr[1]}) | {row['recognised_as_requested']} |"
         )
     print(f"| real held-out digits | | | | {report['classifier_accuracy_real_heldout']} |")
 
