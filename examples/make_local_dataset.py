@@ -5,14 +5,14 @@
 
 photos: random crops of scikit-image's sample photos (label = photo); digits: sklearn's 8x8 handwritten digits,
 upsampled (label = digit). Writes `train` and `test` splits; load them with
-`DataConfig(dataset="data/photos32", split="train")` (see mergevq_hf.training.data.build_local_dataset).
+`DataConfig(dataset="data/photos32", split="train")` (see mergevq_hf.testing.build_local_dataset).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from mergevq_hf.training.data import LOCAL_FORMATS, LOCAL_KINDS, build_local_dataset
+from mergevq_hf.testing import LOCAL_FORMATS, LOCAL_KINDS, build_local_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

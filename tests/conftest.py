@@ -70,7 +70,7 @@ def load_example(name: str):
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """Local real data: sklearn's handwritten digits as a parquet dataset (32 px, 12 crops per image)."""
-    from mergevq_hf.training.data import build_local_dataset
+    from mergevq_hf.testing import build_local_dataset
 
     root = tmp_path_factory.mktemp("digits")
     build_local_dataset("digits", root, size=32, num_per_image=12, format="parquet", seed=0)

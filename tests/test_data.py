@@ -14,11 +14,10 @@ import torch
 from PIL import Image, ImageFile
 
 from mergevq_hf.image_utils import pil_to_tensor
+from mergevq_hf.testing import PHOTO_NAMES, build_local_dataset
 from mergevq_hf.training.data import (
-    PHOTO_NAMES,
     DataConfig,
     RobustImageStream,
-    build_local_dataset,
     decode_image,
     load_image_stream,
     make_dataloader,

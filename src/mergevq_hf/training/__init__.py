@@ -3,7 +3,6 @@
 from .data import (
     DataConfig,
     RobustImageStream,
-    build_local_dataset,
     decode_image,
     load_image_stream,
     make_dataloader,
@@ -13,7 +12,6 @@ from .data import (
 __all__ = [
     "DataConfig",
     "RobustImageStream",
-    "build_local_dataset",
     "decode_image",
     "load_image_stream",
     "make_dataloader",
