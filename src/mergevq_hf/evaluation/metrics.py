@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..image_utils import check_images
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -14,15 +16,6 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     window = torch.exp(-(coords**2) / (2 * sigma**2))
     return (window / window.sum()).to(device=device, dtype=dtype)
-
-
-def _check_images(name: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point image tensor in [-1, 1], got dtype {x.dtype}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must be [B, C, H, W], got shape {tuple(x.shape)}")
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -35,8 +28,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sigma=1.5, use_sample_covariance=False, data_range=1.0)`` per image. Needs H, W >= 11.
     Computed in float32 (float64 inputs stay float64); differentiable.
     """
-    _check_images("a", a)
-    _check_images("b", b)
+    check_images("a", a, channels=None)
+    check_images("b", b, channels=None)
     if a.shape != b.shape:
         raise ValueError(f"a and b shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.shape[2] < SSIM_WINDOW or a.shape[3] < SSIM_WINDOW:

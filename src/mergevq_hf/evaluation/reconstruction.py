@@ -8,7 +8,7 @@ import torch
 
 from ..image_utils import psnr
 from ..models.tokenizer import MergeVQModel
-from .fid import FIDAccumulator, frechet_distance
+from .fid import FIDAccumulator, InceptionFeatures, frechet_distance
 from .metrics import ssim
 
 
@@ -109,3 +109,21 @@ def evaluate_reconstruction(
             raise ValueError(f"rFID needs at least 2 images, got {count}")
         result["rfid"] = frechet_distance(*fake_stats.compute(), *real_stats.compute())
     return result
+
+
+def compute_rfid(
+    tokenizer,
+    batches: Iterable[dict],
+    num_tokens: int | None = None,
+    inception: InceptionFeatures | None = None,
+    max_batches: int | None = None,
+) -> float:
+    """Reconstruction FID: FID between the tokenizer's reconstructions (encode with ``num_tokens``, unmerge,
+    decode) and the original images of ``batches`` ({"pixel_values": [B, 3, H, W] in [-1, 1]}).
+    ``inception`` defaults to ``InceptionFeatures()``. Meaningful FID needs thousands of images (50k is the
+    usual protocol); small sets give a biased, larger value."""
+    if inception is None:
+        inception = InceptionFeatures()
+    return evaluate_reconstruction(tokenizer, batches, num_tokens=num_tokens, max_batches=max_batches, fid=inception)[
+        "rfid"
+    ]

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..image_utils import check_images
+
 
 def _check_logits(name: str, logits: torch.Tensor) -> None:
     if not isinstance(logits, torch.Tensor):
@@ -143,15 +145,8 @@ class NLayerDiscriminator(nn.Module):
         return 3 * 2**self.n_layers
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.input_nc:
-            raise ValueError(f"pixel_values must be [B, {self.input_nc}, H, W], got shape {tuple(pixel_values.shape)}")
-        if min(pixel_values.shape[2:]) < self.min_size:
-            raise ValueError(
-                f"pixel_values is {pixel_values.shape[2]}x{pixel_values.shape[3]}; this discriminator "
-                f"(n_layers={self.n_layers}) needs H, W >= {self.min_size}"
-            )
+        what = f"this discriminator (n_layers={self.n_layers})"
+        check_images("pixel_values", pixel_values, channels=self.input_nc, min_size=self.min_size, what=what)
         return self.main(pixel_values)
 
 

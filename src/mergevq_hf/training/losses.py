@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..image_utils import check_images
 from ..models.source_recovery.modeling_source_recovery import source_recovery_loss
 from .discriminator import GEN_LOSSES, LeCamEMA, NLayerDiscriminator, hinge_d_loss
 from .lpips import LPIPS
@@ -206,11 +207,8 @@ class MergeVQLoss(nn.Module):
 
     @staticmethod
     def _check_images(pixel_values: torch.Tensor, reconstruction: torch.Tensor) -> None:
-        for name, value in (("pixel_values", pixel_values), ("reconstruction", reconstruction)):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-            if value.ndim != 4:
-                raise ValueError(f"{name} must be [B, C, H, W], got shape {tuple(value.shape)}")
+        check_images("pixel_values", pixel_values, channels=None, floating=False)
+        check_images("reconstruction", reconstruction, channels=None, floating=False)
         if pixel_values.shape != reconstruction.shape:
             raise ValueError(
                 f"pixel_values {tuple(pixel_values.shape)} and reconstruction {tuple(reconstruction.shape)} differ"

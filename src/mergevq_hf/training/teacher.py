@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..image_utils import check_images
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 DEFAULT_TEACHER = "facebook/dinov2-base"
@@ -52,12 +54,7 @@ class FrozenTeacher(nn.Module):
         return getattr(getattr(self.model, "config", None), "hidden_size", None)
 
     def preprocess(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-        if not pixel_values.is_floating_point():
-            raise TypeError(f"pixel_values must be floating point in [-1, 1], got dtype {pixel_values.dtype}")
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values must be [B, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        check_images("pixel_values", pixel_values)
         x = (pixel_values.float() + 1.0) / 2.0
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
