@@ -110,7 +110,7 @@ def create_loss(args, config: MergeVQConfig):
     if config.dist_head is None:
         overrides["alignment_weight"] = 0.0
     overrides.setdefault("source_weight", overrides.get("source_weight", 0.5) if args.source_recovery else 0.0)
-    return MergeVQLoss(MergeVQLossConfig(**overrides))
+    return MergeVQLoss(MergeVQLossConfig.from_dict(overrides), tokenizer_config=config)
 
 
 def create_source_recovery(args, config: MergeVQConfig):

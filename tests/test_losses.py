@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mergevq_hf.models.source_recovery.modeling_source_recovery import source_recovery_loss
+from mergevq_hf.models.tokenizer import MergeVQConfig, MergeVQModel
 from mergevq_hf.models.tokenizer.modeling_mergevq import MergeVQModelOutput
 from mergevq_hf.training import lpips as lpips_module
 from mergevq_hf.training.discriminator import (
@@ -51,11 +52,10 @@ ALL_OFF = dict(
     perceptual_weight=0.0,
     gen_loss_weight=0.0,
     lecam_weight=0.0,
-    entropy_weight=0.0,
-    commitment_weight=0.0,
     alignment_weight=0.0,
     source_weight=0.0,
 )
+QUANTIZER_OFF = dict(commitment_weight=0.0, entropy_weight=0.0)  # the tokenizer config's (MergeVQConfig)
 
 
 def images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -363,7 +363,10 @@ def fake_output(batch: int = 2, size: int = 32, seed: int = 0) -> MergeVQModelOu
 
 def make_loss(lpips_model, **overrides) -> MergeVQLoss:
     torch.manual_seed(0)
-    return MergeVQLoss(MergeVQLossConfig(**{**ALL_OFF, **overrides}), perceptual=lpips_model)
+    quantizer = {name: overrides.pop(name) for name in list(overrides) if name in QUANTIZER_OFF}
+    tokenizer_config = MergeVQConfig(**{**QUANTIZER_OFF, **quantizer})
+    config = MergeVQLossConfig(**{**ALL_OFF, **overrides})
+    return MergeVQLoss(config, perceptual=lpips_model, tokenizer_config=tokenizer_config)
 
 
 def test_generator_loss_applies_each_weight(random_lpips):
@@ -396,13 +399,32 @@ def test_generator_loss_applies_each_weight(random_lpips):
     value, loss_fn = total(gen_loss_weight=0.1, gen_adv_loss="hinge")
     torch.testing.assert_close(value, 0.1 * -loss_fn.discriminator(rec).mean())
     # everything together (official weights) is the sum of the parts
-    full, loss_fn = total(**{f.name: getattr(MergeVQLossConfig(), f.name) for f in fields_of_weights()})
+    official = {f.name: getattr(MergeVQLossConfig(), f.name) for f in fields_of_weights()}
+    official.update({name: getattr(MergeVQConfig(), name) for name in QUANTIZER_OFF})
+    full, loss_fn = total(**official)
     disc_term = 0.1 * non_saturating_gen_loss(loss_fn.discriminator(rec))
     parts = l1 + random_lpips(x, rec).mean() + disc_term + 0.25 * 0.37 + 0.1 * -1.3 + align + 0.5 * src
     torch.testing.assert_close(full, parts)
     # a ready source loss is used as given
     value, _ = make_loss(random_lpips, source_weight=2.0).generator_loss(out, x, 0, source_loss=torch.tensor(0.3))
     torch.testing.assert_close(value, torch.tensor(0.6))
+
+
+def test_tokenizer_loss_and_stage1_loss_agree_on_the_quantizer_weights(random_lpips):
+    """One owner: with every other term off, MergeVQLoss on a real tokenizer's output equals the tokenizer's own
+    loss (L1 + its config's commitment and entropy weights), for non-default weights too."""
+    config = MergeVQConfig.from_preset("tiny", commitment_weight=0.7, entropy_weight=0.03)
+    torch.manual_seed(0)
+    model = MergeVQModel(config)
+    x = images(2, config.resolution, 3)
+    out = model(x)
+    loss_fn = MergeVQLoss(
+        MergeVQLossConfig(**{**ALL_OFF, "reconstruction_weight": 1.0}), perceptual=None, tokenizer_config=model.config
+    )
+    total, logs = loss_fn.generator_loss(out, x, step=0)
+    torch.testing.assert_close(total, out.loss)
+    expected = out.reconstruction_loss + 0.7 * out.commitment_loss + 0.03 * out.entropy_loss
+    torch.testing.assert_close(total, expected)
 
 
 def fields_of_weights():
@@ -487,8 +509,15 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown"):
         MergeVQLossConfig.from_dict({"lecam": 0.1})
     cfg = MergeVQLossConfig()
-    assert (cfg.gen_loss_weight, cfg.disc_weight, cfg.lecam_weight, cfg.entropy_weight) == (0.1, 0.8, 0.01, 0.1)
-    assert (cfg.commitment_weight, cfg.alignment_weight, cfg.source_weight, cfg.disc_start) == (0.25, 1.0, 0.5, 0)
+    assert (cfg.gen_loss_weight, cfg.disc_weight, cfg.lecam_weight) == (0.1, 0.8, 0.01)
+    assert (cfg.alignment_weight, cfg.source_weight, cfg.disc_start) == (1.0, 0.5, 0)
+    tokenizer = MergeVQConfig()  # the quantizer weights have one owner: the tokenizer config
+    assert (tokenizer.commitment_weight, tokenizer.entropy_weight) == (0.25, 0.1)
+    assert not hasattr(cfg, "commitment_weight") and not hasattr(cfg, "entropy_weight")
+    with pytest.raises(ValueError, match=r"belong to the tokenizer config \(MergeVQConfig"):
+        MergeVQLossConfig.from_dict({"entropy_weight": 0.2})
+    with pytest.raises(TypeError, match="tokenizer_config must be a MergeVQConfig"):
+        MergeVQLoss(cfg, perceptual=None, tokenizer_config={"entropy_weight": 0.1})
     assert MergeVQLossConfig.from_dict(cfg.to_dict()) == cfg and not cfg.adaptive
 
 
@@ -525,7 +554,11 @@ def test_teacher_offline_tiny_dinov2(tmp_path):
     # teacher features feed the alignment term of the loss
     student = torch.randn(2, 32, requires_grad=True)
     out = MergeVQModelOutput(reconstruction=images(2, 32), commitment_loss=torch.tensor(0.0), cls_features=student)
-    loss_fn = MergeVQLoss(MergeVQLossConfig(**{**ALL_OFF, "alignment_weight": 1.0}), perceptual=None)
+    loss_fn = MergeVQLoss(
+        MergeVQLossConfig(**{**ALL_OFF, "alignment_weight": 1.0}),
+        perceptual=None,
+        tokenizer_config=MergeVQConfig(**QUANTIZER_OFF),
+    )
     value, _ = loss_fn.generator_loss(out, images(2, 32), 0, teacher_features=feats)
     torch.testing.assert_close(value, alignment_loss(student, feats))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):

@@ -7,6 +7,11 @@ Generator step (``MergeVQLoss.generator_loss``)::
     total = nll + adv + commitment_weight * commitment + entropy_weight(step) * entropy
             + alignment_weight * KL(softmax(t/4) || softmax(s/4)) * 16 + source_weight * source_loss
 
+``commitment_weight`` and ``entropy_weight`` belong to the tokenizer (``MergeVQConfig``, saved with the model and
+converted from the official loss config): ``MergeVQModel.forward`` weights its own ``loss`` with them and
+``MergeVQLoss(..., tokenizer_config=model.config)`` reads the same two numbers, so one place decides them.
+``entropy_enlarge_ratio`` (here) only scales the tokenizer's entropy weight early in training.
+
 ``d_weight`` is ``gen_loss_weight`` (0.1, official config), or when ``gen_loss_weight`` is ``None`` taming's
 adaptive weight ``||grad nll|| / (||grad G|| + 1e-4)`` on the decoder's last layer, clamped to [0, 1e4] and
 times ``disc_weight`` (0.8). ``disc_factor(step)`` is 0 before ``disc_start``.
@@ -16,9 +21,10 @@ Discriminator step (``MergeVQLoss.discriminator_loss``)::
     d_loss = disc_factor(step) * (hinge(D(x), D(x_rec)) + lecam_weight * LeCam(D(x), D(x_rec)))
 
 Official weights (configs/gpu_s1 of the MergeVQ release): L1 1.0, LPIPS 1.0, ``gen_loss_weight`` 0.1,
-``disc_weight`` 0.8 (only used by the adaptive weight), LeCam 0.01, entropy (``codebook_weight``) 0.1,
-commitment 0.25, alignment (``cls_loss_weight``) 1.0 for G+R / R and 0.1 for G, ``disc_start`` 0. The
-source-recovery weight (0.5 / 1.0) is the paper's; the official release trains no source recovery.
+``disc_weight`` 0.8 (only used by the adaptive weight), LeCam 0.01, entropy (``codebook_weight``) 0.1 and
+commitment 0.25 (both in ``MergeVQConfig``), alignment (``cls_loss_weight``) 1.0 for G+R / R and 0.1 for G,
+``disc_start`` 0. The source-recovery weight (0.5 / 1.0) is the paper's; the official release trains no
+source recovery.
 """
 
 from __future__ import annotations
@@ -32,19 +38,19 @@ import torch.nn.functional as F
 
 from ..image_utils import check_images
 from ..models.source_recovery.modeling_source_recovery import source_recovery_loss
+from ..models.tokenizer import MergeVQConfig
 from .discriminator import GEN_LOSSES, LeCamEMA, NLayerDiscriminator, hinge_d_loss
 from .lpips import LPIPS
 from .teacher import FrozenTeacher, load_teacher
 
+TOKENIZER_WEIGHTS = ("commitment_weight", "entropy_weight")  # owned by MergeVQConfig
 _WEIGHT_FIELDS = (
     "reconstruction_weight",
     "perceptual_weight",
     "disc_weight",
     "disc_factor",
     "lecam_weight",
-    "entropy_weight",
     "entropy_enlarge_ratio",
-    "commitment_weight",
     "alignment_weight",
     "source_weight",
 )
@@ -63,10 +69,10 @@ class MergeVQLossConfig:
     gen_adv_loss: str = "non_saturate"  # "non_saturate" (official default) or "hinge" (-mean(logits_fake))
     lecam_weight: float = 0.01
     lecam_decay: float = 0.999
-    entropy_weight: float = 0.1
-    entropy_enlarge_ratio: float = 0.0  # official codebook_enlarge_ratio: extra x(1 + r * max(0, 1 - step/steps))
+    # the tokenizer's entropy weight (MergeVQConfig.entropy_weight) times (1 + r * max(0, 1 - step / steps)):
+    # the official codebook_enlarge_ratio
+    entropy_enlarge_ratio: float = 0.0
     entropy_enlarge_steps: int = 2000
-    commitment_weight: float = 0.25
     alignment_weight: float = 1.0  # 1.0 for G+R and R, 0.1 for G
     alignment_temperature: float = 4.0
     source_weight: float = 0.5  # paper: 0.5 / 1.0; set 0 when no source recovery is trained
@@ -112,6 +118,12 @@ class MergeVQLossConfig:
     @classmethod
     def from_dict(cls, values: dict) -> MergeVQLossConfig:
         known = {f.name for f in fields(cls)}
+        owned = sorted(set(values) & set(TOKENIZER_WEIGHTS))
+        if owned:
+            raise ValueError(
+                f"{owned} belong to the tokenizer config (MergeVQConfig, e.g. train_tokenizer.py --config-overrides), "
+                "not to MergeVQLossConfig: the tokenizer's forward and MergeVQLoss both read them there"
+            )
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown MergeVQLossConfig fields {unknown}; allowed: {sorted(known)}")
@@ -165,6 +177,8 @@ class MergeVQLoss(nn.Module):
     Optimise ``loss.discriminator.parameters()`` with the discriminator optimiser; LPIPS has no trainable
     parameters. The teacher (:func:`load_teacher`) is kept outside this module: pass its features.
     ``perceptual`` defaults to ``LPIPS.from_pretrained(config.lpips_weights)`` when ``perceptual_weight > 0``.
+    ``tokenizer_config`` (the trained model's ``MergeVQConfig``; default ``MergeVQConfig()``) gives the commitment
+    and entropy weights, the same ones ``MergeVQModel.forward`` uses for its own ``loss``.
     """
 
     def __init__(
@@ -172,13 +186,20 @@ class MergeVQLoss(nn.Module):
         config: MergeVQLossConfig | None = None,
         perceptual: nn.Module | None = None,
         discriminator: nn.Module | None = None,
+        tokenizer_config: MergeVQConfig | None = None,
     ):
         super().__init__()
         if config is None:
             config = MergeVQLossConfig()
         if not isinstance(config, MergeVQLossConfig):
             raise TypeError(f"config must be a MergeVQLossConfig, got {type(config).__name__}")
+        if tokenizer_config is None:
+            tokenizer_config = MergeVQConfig()
+        if not isinstance(tokenizer_config, MergeVQConfig):
+            raise TypeError(f"tokenizer_config must be a MergeVQConfig, got {type(tokenizer_config).__name__}")
         self.config = config
+        self.commitment_weight = float(tokenizer_config.commitment_weight)
+        self.entropy_weight = float(tokenizer_config.entropy_weight)
         if perceptual is None and config.perceptual_weight > 0:
             perceptual = LPIPS.from_pretrained(config.lpips_weights)
         self.perceptual = perceptual
@@ -195,7 +216,7 @@ class MergeVQLoss(nn.Module):
     def entropy_weight_at(self, step: int) -> float:
         self._check_step(step)
         cfg = self.config
-        weight = cfg.entropy_weight
+        weight = self.entropy_weight
         if cfg.entropy_enlarge_ratio > 0:
             weight = weight * (1.0 + cfg.entropy_enlarge_ratio * max(0.0, 1.0 - step / cfg.entropy_enlarge_steps))
         return weight
@@ -268,9 +289,9 @@ class MergeVQLoss(nn.Module):
             # else: evaluation without gradients, the adaptive weight is 0 (as in taming)
         adv_loss = d_weight * disc_factor * g_loss
 
-        commitment = self._term(model_output, "commitment_loss", cfg.commitment_weight, zero)
-        entropy = self._term(model_output, "entropy_loss", cfg.entropy_weight, zero)
-        total = nll_loss + adv_loss + cfg.commitment_weight * commitment + self.entropy_weight_at(step) * entropy
+        commitment = self._term(model_output, "commitment_loss", self.commitment_weight, zero)
+        entropy = self._term(model_output, "entropy_loss", self.entropy_weight, zero)
+        total = nll_loss + adv_loss + self.commitment_weight * commitment + self.entropy_weight_at(step) * entropy
 
         align = zero
         if cfg.alignment_weight > 0:
