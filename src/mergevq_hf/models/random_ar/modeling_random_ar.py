@@ -56,7 +56,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.flatten(-2).type_as(x)
 
 
-# Copied from mergevq_hf.models.mergear.modeling_mergear.SwiGLU
+# Copied from mergevq_hf.models.mergear.modeling_mergear.SwiGLU with MergeAR->RandomAR
 class SwiGLU(nn.Module):
     def __init__(self, config: RandomARConfig):
         super().__init__()

@@ -47,6 +47,7 @@ class SourceRecoveryOutput(ModelOutput):
 # --------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------
+# Copied from mergevq_hf.models.tokenizer.modeling_mergevq.DropPath
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch of a sample with probability ``prob`` (training only)."""
 
@@ -61,15 +62,16 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.prob)
 
 
+# Copied from mergevq_hf.models.tokenizer.modeling_mergevq.Mlp
 class Mlp(nn.Module):
-    """Linear-GELU-Linear (timm ``Mlp`` names: fc1, fc2)."""
+    """Linear-GELU-Linear (timm ``Mlp`` names: fc1, fc2); ``grid`` is for subclasses that mix spatially."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
 
 

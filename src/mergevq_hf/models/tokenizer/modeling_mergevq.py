@@ -99,6 +99,8 @@ class ResBlock(nn.Module):
 
 
 class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``prob`` (training only)."""
+
     def __init__(self, prob: float = 0.0):
         super().__init__()
         self.prob = prob
@@ -140,6 +142,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """Linear-GELU-Linear (timm ``Mlp`` names: fc1, fc2); ``grid`` is for subclasses that mix spatially."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
