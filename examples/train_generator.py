@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 
 from mergevq_hf import (
     MergeARConfig,
@@ -34,16 +33,15 @@ from mergevq_hf import (
     SourceRecoveryModel,
 )
 from mergevq_hf.image_utils import make_grid
-from mergevq_hf.model_card import write_model_card
 from mergevq_hf.models.mergear import generate_codes
 from mergevq_hf.models.random_ar import generate_random_order
 from mergevq_hf.training.codes import load_codes, pad_tokens, position_counts
+from mergevq_hf.training.loop import TrainingLoop
 from mergevq_hf.training.trainer_utils import (
     MetricsLogger,
     TrainingState,
     register_for_checkpointing,
     resume_from,
-    save_checkpoint,
     step_drop_lr,
 )
 
@@ -173,69 +171,44 @@ def main(argv=None):
     logger = MetricsLogger(accelerator, output / "metrics.jsonl")
 
     model.train()
-    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=args.arch)
-    while state.step < args.max_steps:
-        loader.set_epoch(state.epoch)
-        batches = accelerator.skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                raw = accelerator.unwrap_model(model)
-                labels = batch["label"].masked_fill(batch["label"] < 0, raw.config.num_classes)  # unknown: null class
-                # through the wrapped model's forward: DDP averages the gradients over processes
-                loss = model(**training_inputs(raw, batch, labels)).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                for group in optimizer.param_groups:
-                    group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
-                optimizer.step()
-                optimizer.zero_grad()
-            state.step_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            progress.update(1)
-            if state.step % args.log_every == 0:
-                loss_mean = accelerator.gather(loss.detach()[None]).mean()
-                logger.log(
-                    {
-                        "loss": loss_mean,
-                        "grad_norm": grad_norm,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "epoch": state.epoch,
-                    },
-                    step=state.step,
-                )
-                progress.set_postfix(loss=f"{loss_mean.item():.4f}")
-            if tokenizer is not None and args.sample_every and state.step % args.sample_every == 0:
-                if accelerator.is_main_process:
-                    (output / "samples").mkdir(parents=True, exist_ok=True)
-                    k = int(batch["num_tokens"][0])
-                    save_samples(
-                        accelerator.unwrap_model(model),
-                        tokenizer,
-                        recovery,
-                        output / f"samples/step-{state.step}.png",
-                        k,
-                        args,
-                    )
-            if state.step % args.save_every == 0 or state.step == args.max_steps:
-                save_checkpoint(accelerator, output, state.step, args.total_limit)
-            if state.step >= args.max_steps:
-                break
-        else:
-            state.epoch += 1
-            state.step_in_epoch = 0
-    progress.close()
+    loop = TrainingLoop(
+        accelerator,
+        loader,
+        state,
+        output,
+        max_steps=args.max_steps,
+        save_every=args.save_every,
+        total_limit=args.total_limit,
+        desc=args.arch,
+    )
+    for batch in loop:
+        with accelerator.accumulate(model):
+            raw = accelerator.unwrap_model(model)
+            labels = batch["label"].masked_fill(batch["label"] < 0, raw.config.num_classes)  # unknown: null class
+            # through the wrapped model's forward: DDP averages the gradients over processes
+            loss = model(**training_inputs(raw, batch, labels)).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            for group in optimizer.param_groups:
+                group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
+            optimizer.step()
+            optimizer.zero_grad()
+        if not loop.step_completed():
+            continue
+        if loop.every(args.log_every):
+            loss_mean = accelerator.gather(loss.detach()[None]).mean()
+            lr = optimizer.param_groups[0]["lr"]
+            logger.log({"loss": loss_mean, "grad_norm": grad_norm, "lr": lr, "epoch": state.epoch}, step=state.step)
+            loop.set_postfix(loss=f"{loss_mean.item():.4f}")
+        if tokenizer is not None and loop.every(args.sample_every) and accelerator.is_main_process:
+            (output / "samples").mkdir(parents=True, exist_ok=True)
+            k = int(batch["num_tokens"][0])
+            raw = accelerator.unwrap_model(model)
+            save_samples(raw, tokenizer, recovery, output / f"samples/step-{state.step}.png", k, args)
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        final.save_pretrained(output / "final")
-        card = "random_ar" if args.arch == "random-ar" else "mergear"
-        write_model_card(output / "final", card, training={"steps": state.step, **vars(args)})
-    accelerator.end_training()
-
+    loop.export(model, "random_ar" if args.arch == "random-ar" else "mergear", vars(args))
+    loop.finish()
 
 if __name__ == "__main__":
     main()

@@ -22,19 +22,17 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 
 from mergevq_hf import MergeVQConfig, RandomARForCausalLM, SourceRecoveryConfig, SourceRecoveryModel
-from mergevq_hf.model_card import write_model_card
 from mergevq_hf.models.random_ar.generation import SampleNoise, _sample_codes
 from mergevq_hf.models.tokenizer.lfq import indices_to_codes
 from mergevq_hf.training.codes import load_codes, pad_tokens
+from mergevq_hf.training.loop import TrainingLoop
 from mergevq_hf.training.trainer_utils import (
     MetricsLogger,
     TrainingState,
     register_for_checkpointing,
     resume_from,
-    save_checkpoint,
     step_drop_lr,
 )
 
@@ -157,44 +155,36 @@ def main(argv=None):
         return right / total
 
     model.train()
-    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="recovery")
-    while state.step < args.max_steps:
-        loader.set_epoch(state.epoch)
-        batches = accelerator.skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
-        for batch in batches:
-            loss = model(**inputs(batch)).loss
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            for group in optimizer.param_groups:
-                group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
-            optimizer.step()
-            optimizer.zero_grad()
-            state.step_in_epoch += 1
-            state.step += 1
-            progress.update(1)
-            metrics = {}
-            if state.step % args.log_every == 0:
-                metrics.update(loss=accelerator.gather(loss.detach()[None]).mean(), grad_norm=grad_norm)
-            if test_loader is not None and (state.step % args.eval_every == 0 or state.step == args.max_steps):
-                metrics["heldout_position_accuracy"] = heldout_accuracy()
-            if metrics:
-                logger.log({**metrics, "epoch": state.epoch}, step=state.step)
-            if state.step % args.save_every == 0 or state.step == args.max_steps:
-                save_checkpoint(accelerator, output, state.step, args.total_limit)
-            if state.step >= args.max_steps:
-                break
-        else:
-            state.epoch += 1
-            state.step_in_epoch = 0
-    progress.close()
+    loop = TrainingLoop(
+        accelerator,
+        loader,
+        state,
+        output,
+        max_steps=args.max_steps,
+        save_every=args.save_every,
+        total_limit=args.total_limit,
+        desc="recovery",
+    )
+    for batch in loop:
+        loss = model(**inputs(batch)).loss
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
+        optimizer.step()
+        optimizer.zero_grad()
+        if not loop.step_completed():
+            continue
+        metrics = {}
+        if loop.every(args.log_every):
+            metrics.update(loss=accelerator.gather(loss.detach()[None]).mean(), grad_norm=grad_norm)
+        if test_loader is not None and (loop.every(args.eval_every) or state.step == args.max_steps):
+            metrics["heldout_position_accuracy"] = heldout_accuracy()
+        if metrics:
+            logger.log({**metrics, "epoch": state.epoch}, step=state.step)
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        final.save_pretrained(output / "final")
-        write_model_card(output / "final", "source_recovery", training={"steps": state.step, **vars(args)})
-    accelerator.end_training()
-
+    loop.export(model, "source_recovery", vars(args))
+    loop.finish()
 
 if __name__ == "__main__":
     main()

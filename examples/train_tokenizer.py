@@ -30,15 +30,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 
 from mergevq_hf import MergeVQConfig, MergeVQModel, SourceRecoveryConfig, SourceRecoveryModel
 from mergevq_hf.evaluation import evaluate_reconstruction
 from mergevq_hf.evaluation.fid import InceptionFeatures
 from mergevq_hf.image_utils import make_grid
-from mergevq_hf.model_card import write_model_card
 from mergevq_hf.training.data import DataConfig, make_dataloader
 from mergevq_hf.training.ema import EMAModel
+from mergevq_hf.training.loop import TrainingLoop
 from mergevq_hf.training.losses import MergeVQLoss, MergeVQLossConfig
 from mergevq_hf.training.merge_sampling import MergeRatioSampler
 from mergevq_hf.training.teacher import load_teacher
@@ -48,7 +47,6 @@ from mergevq_hf.training.trainer_utils import (
     TrainingState,
     register_for_checkpointing,
     resume_from,
-    save_checkpoint,
     step_drop_lr,
 )
 
@@ -154,14 +152,6 @@ def sync_buffers(accelerator, module):
                 buffer.copy_(accelerator.reduce(buffer.clone(), reduction="mean"))
 
 
-def batches_from(loader, epoch: int, skip: int):
-    """The loader's batches for ``epoch``; the first ``skip`` are drawn and dropped (exact resume)."""
-    loader.dataset.set_epoch(epoch)
-    for i, batch in enumerate(loader):
-        if i >= skip:
-            yield batch
-
-
 @torch.no_grad()
 def save_reconstructions(model, batch, num_tokens, path):
     pixels = batch["pixel_values"][:8].to(model.device)
@@ -227,112 +217,100 @@ def main(argv=None):
         )
 
     model.train()
-    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="tokenizer")
-    while state.step < args.max_steps:
-        for batch in batches_from(train_loader, state.epoch, state.step_in_epoch):
-            state.step_in_epoch += 1
-            pixels = batch["pixel_values"].to(accelerator.device)
-            step_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + state.step)
-            num_tokens = int(sampler.sample(1, generator=step_generator, step=state.step)[0])
-            raw_model, discriminator = accelerator.unwrap_model(model), loss_fn.discriminator
-            lr = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
-            with accelerator.accumulate(model):
-                # generator step (tokenizer + source recovery)
-                out = model(pixels, num_tokens=num_tokens)
-                teacher_features = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_features = teacher(batch["view_weak"].to(accelerator.device))
-                source_logits = None
-                if recovery is not None:  # positions: the first position of each merge group
-                    positions = raw_model.representative_positions(out.source, out.quantized.shape[1])
-                    source_logits = recovery(out.quantized, positions=positions).logits
-                discriminator.requires_grad_(False)  # the generator loss must not train the discriminator
-                g_loss, g_logs = loss_fn.generator_loss(
-                    out,
-                    pixels,
-                    state.step,
-                    last_layer=raw_model.decoder.conv_out.weight,
-                    teacher_features=teacher_features,
-                    source_logits=source_logits,
-                )
-                accelerator.backward(g_loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(generator_params, args.max_grad_norm)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-                optimizer.zero_grad()
-                # discriminator step (gradients averaged over processes by hand: no DDP wrapper)
-                discriminator.requires_grad_(True)
-                d_loss, d_logs = loss_fn.discriminator_loss(pixels, out.reconstruction.detach(), state.step)
-                accelerator.backward(d_loss)
-                if accelerator.sync_gradients and accelerator.num_processes > 1:
-                    for param in discriminator.parameters():
-                        if param.grad is not None:
-                            param.grad = accelerator.reduce(param.grad, reduction="mean")
-                for group in disc_optimizer.param_groups:
-                    group["lr"] = lr
-                disc_optimizer.step()
-                disc_optimizer.zero_grad()
-                sync_buffers(accelerator, loss_fn)
-            if not accelerator.sync_gradients:
-                continue
-            ema.update(accelerator.unwrap_model(model))
-            state.step += 1
-            progress.update(1)
-            if state.step % args.log_every == 0:
-                names = sorted(g_logs)
-                terms = torch.stack(
-                    [g_logs[k].detach().float().reshape(()) for k in names] + [d_loss.detach().float().reshape(())]
-                )
-                terms = accelerator.reduce(terms.to(accelerator.device), reduction="mean")
-                stats = train_loader.dataset.stats  # this process's decoding stats (per worker if num_workers > 0)
-                logger.log(
-                    dict(
-                        zip([*names, "disc_loss"], terms.tolist()),
-                        num_tokens=num_tokens,
-                        lr=lr,
-                        epoch=state.epoch,
-                        data_skipped_corrupt=stats["skipped_corrupt"],
-                        data_converted=stats["converted_mode"],
-                    ),
-                    step=state.step,
-                )
-                progress.set_postfix(loss=f"{terms[names.index('total')].item():.4f}")
-            if eval_loader is not None and state.step % args.eval_every == 0 and accelerator.is_main_process:
-                metrics = evaluate(ema.shadow)
-                logger.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
-                (output / "reconstructions").mkdir(parents=True, exist_ok=True)
-                save_reconstructions(
-                    ema.shadow, batch, config.num_tokens, output / f"reconstructions/step-{state.step}.png"
-                )
-            if state.step % args.save_every == 0 or state.step == args.max_steps:
-                save_checkpoint(accelerator, output, state.step, args.total_limit)
-            if state.step >= args.max_steps:
-                break
-        else:
-            state.epoch += 1
-            state.step_in_epoch = 0
-    progress.close()
+    loop = TrainingLoop(
+        accelerator,
+        train_loader,
+        state,
+        output,
+        max_steps=args.max_steps,
+        save_every=args.save_every,
+        total_limit=args.total_limit,
+        desc="tokenizer",
+    )
+    for batch in loop:
+        pixels = batch["pixel_values"].to(accelerator.device)
+        step_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + state.step)
+        num_tokens = int(sampler.sample(1, generator=step_generator, step=state.step)[0])
+        raw_model, discriminator = accelerator.unwrap_model(model), loss_fn.discriminator
+        lr = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
+        with accelerator.accumulate(model):
+            # generator step (tokenizer + source recovery)
+            out = model(pixels, num_tokens=num_tokens)
+            teacher_features = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_features = teacher(batch["view_weak"].to(accelerator.device))
+            source_logits = None
+            if recovery is not None:  # positions: the first position of each merge group
+                positions = raw_model.representative_positions(out.source, out.quantized.shape[1])
+                source_logits = recovery(out.quantized, positions=positions).logits
+            discriminator.requires_grad_(False)  # the generator loss must not train the discriminator
+            g_loss, g_logs = loss_fn.generator_loss(
+                out,
+                pixels,
+                state.step,
+                last_layer=raw_model.decoder.conv_out.weight,
+                teacher_features=teacher_features,
+                source_logits=source_logits,
+            )
+            accelerator.backward(g_loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(generator_params, args.max_grad_norm)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad()
+            # discriminator step (gradients averaged over processes by hand: no DDP wrapper)
+            discriminator.requires_grad_(True)
+            d_loss, d_logs = loss_fn.discriminator_loss(pixels, out.reconstruction.detach(), state.step)
+            accelerator.backward(d_loss)
+            if accelerator.sync_gradients and accelerator.num_processes > 1:
+                for param in discriminator.parameters():
+                    if param.grad is not None:
+                        param.grad = accelerator.reduce(param.grad, reduction="mean")
+            for group in disc_optimizer.param_groups:
+                group["lr"] = lr
+            disc_optimizer.step()
+            disc_optimizer.zero_grad()
+            sync_buffers(accelerator, loss_fn)
+        if not loop.step_completed():
+            continue
+        ema.update(accelerator.unwrap_model(model))
+        if loop.every(args.log_every):
+            names = sorted(g_logs)
+            terms = torch.stack(
+                [g_logs[k].detach().float().reshape(()) for k in names] + [d_loss.detach().float().reshape(())]
+            )
+            terms = accelerator.reduce(terms.to(accelerator.device), reduction="mean")
+            stats = train_loader.dataset.stats  # this process's decoding stats (per worker if num_workers > 0)
+            logger.log(
+                dict(
+                    zip([*names, "disc_loss"], terms.tolist()),
+                    num_tokens=num_tokens,
+                    lr=lr,
+                    epoch=state.epoch,
+                    data_skipped_corrupt=stats["skipped_corrupt"],
+                    data_converted=stats["converted_mode"],
+                ),
+                step=state.step,
+            )
+            loop.set_postfix(loss=f"{terms[names.index('total')].item():.4f}")
+        if eval_loader is not None and loop.every(args.eval_every) and accelerator.is_main_process:
+            metrics = evaluate(ema.shadow)
+            logger.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+            (output / "reconstructions").mkdir(parents=True, exist_ok=True)
+            save_reconstructions(
+                ema.shadow, batch, config.num_tokens, output / f"reconstructions/step-{state.step}.png"
+            )
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ema.shadow.save_pretrained(output / "final")
-        if recovery is not None:
-            accelerator.unwrap_model(recovery).save_pretrained(output / "final" / "source_recovery")
-        evaluation = None
-        if eval_loader is not None:
-            evaluation = evaluate(ema.shadow)
-            evaluation = {"held_out": f"{args.dataset}:{args.eval_split}", "K": config.num_tokens, **evaluation}
-        write_model_card(
-            output / "final",
-            "mergevq",
-            evaluation=evaluation,
-            training={"steps": state.step, **vars(args)},
-            datasets=[args.dataset] if "/" in args.dataset and not Path(args.dataset).exists() else None,
-        )
-    accelerator.end_training()
+    evaluation = None
+    if eval_loader is not None and accelerator.is_main_process:
+        evaluation = {"held_out": f"{args.dataset}:{args.eval_split}", "K": config.num_tokens, **evaluate(ema.shadow)}
+    datasets = [args.dataset] if "/" in args.dataset and not Path(args.dataset).exists() else None
+    final = loop.export(ema.shadow, "mergevq", vars(args), evaluation=evaluation, datasets=datasets)
+    if final is not None and recovery is not None:
+        accelerator.unwrap_model(recovery).save_pretrained(final / "source_recovery")
+    loop.finish()
 
 
 if __name__ == "__main__":
