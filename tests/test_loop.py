@@ -1,0 +1,75 @@
+"""TrainingLoop: the loop skeleton shared by the training scripts (steps, accumulation, epochs, checkpoints, resume)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+
+from mergevq_hf.training.loop import TrainingLoop
+from mergevq_hf.training.trainer_utils import TrainingState, list_checkpoints, register_for_checkpointing, resume_from
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """An epoch-seeded stream (like RobustImageStream): set_epoch changes the order."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch)).tolist()
+
+
+def _run(tmp_path, kind: str, max_steps: int, accumulation: int, resume: str | None = None, stop_at: int | None = None):
+    """Micro-batches seen as (step, epoch, value); the optimizer 'steps' are the loop's completed steps."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=accumulation,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    if kind == "stream":  # unprepared, sharded by us (the tokenizer script)
+        loader = torch.utils.data.DataLoader(Stream(7), batch_size=1)
+    else:  # a prepared map-style loader (the code datasets)
+        loader = accelerator.prepare(torch.utils.data.DataLoader(list(range(7)), batch_size=1, shuffle=True))
+    model = accelerator.prepare(torch.nn.Linear(1, 1))
+    state = TrainingState()
+    register_for_checkpointing(accelerator, training=state)
+    resume_from(accelerator, tmp_path, resume)
+    loop = TrainingLoop(accelerator, loader, state, tmp_path, max_steps=max_steps, save_every=2, desc="test")
+    seen = []
+    for batch in loop:
+        with accelerator.accumulate(model):
+            seen.append((state.step, state.epoch, int(batch[0])))
+        if not loop.step_completed():
+            continue
+        assert loop.every(2) == (state.step % 2 == 0) and not loop.every(0)
+        if stop_at is not None and state.step == stop_at:
+            break
+    return seen, state
+
+
+@pytest.mark.parametrize("kind", ["stream", "prepared"])
+def test_steps_epochs_checkpoints_and_exact_resume(tmp_path, kind):
+    full, state = _run(tmp_path / "full", kind, max_steps=6, accumulation=2)
+    assert (state.step, state.epoch) == (6, 1)  # 7 micro-batches per epoch, 2 per optimizer step
+    epoch0 = [value for _, epoch, value in full if epoch == 0]
+    assert sorted(epoch0) == list(range(7)) and epoch0 == [value for _, _, value in full[:7]]
+    assert [value for _, epoch, value in full if epoch == 1] != epoch0[: len(full) - 7]  # set_epoch: a new order
+    assert [p.name for p in list_checkpoints(tmp_path / "full")] == ["step-2", "step-4", "step-6"]
+    # stop right after step 3 (break: the loop never writes step 3's checkpoint, and 3 is not a multiple of 2);
+    # resuming from step-2 replays exactly the micro-batches of steps 3.. of the uninterrupted run
+    _run(tmp_path / "cut", kind, max_steps=6, accumulation=2, stop_at=3)
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step-2"]
+    resumed, state = _run(tmp_path / "cut", kind, max_steps=6, accumulation=2, resume="latest")
+    assert state.step == 6 and resumed == [entry for entry in full if entry[0] >= 2]
+
+
+def test_arguments_are_checked(tmp_path):
+    accelerator = Accelerator()
+    with pytest.raises(ValueError, match="max_steps=0"):
+        TrainingLoop(accelerator, [], TrainingState(), tmp_path, max_steps=0, save_every=1)
+    with pytest.raises(ValueError, match="save_every=True"):
+        TrainingLoop(accelerator, [], TrainingState(), tmp_path, max_steps=1, save_every=True)
