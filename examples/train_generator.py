@@ -171,16 +171,7 @@ def main(argv=None):
     logger = MetricsLogger(accelerator, output / "metrics.jsonl")
 
     model.train()
-    loop = TrainingLoop(
-        accelerator,
-        loader,
-        state,
-        output,
-        max_steps=args.max_steps,
-        save_every=args.save_every,
-        total_limit=args.total_limit,
-        desc=args.arch,
-    )
+    loop = TrainingLoop.from_args(accelerator, loader, state, args, desc=args.arch)
     for batch in loop:
         with accelerator.accumulate(model):
             raw = accelerator.unwrap_model(model)

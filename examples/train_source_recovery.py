@@ -155,16 +155,7 @@ def main(argv=None):
         return right / total
 
     model.train()
-    loop = TrainingLoop(
-        accelerator,
-        loader,
-        state,
-        output,
-        max_steps=args.max_steps,
-        save_every=args.save_every,
-        total_limit=args.total_limit,
-        desc="recovery",
-    )
+    loop = TrainingLoop.from_args(accelerator, loader, state, args, desc="recovery")
     for batch in loop:
         loss = model(**inputs(batch)).loss
         accelerator.backward(loss)

@@ -217,16 +217,7 @@ def main(argv=None):
         )
 
     model.train()
-    loop = TrainingLoop(
-        accelerator,
-        train_loader,
-        state,
-        output,
-        max_steps=args.max_steps,
-        save_every=args.save_every,
-        total_limit=args.total_limit,
-        desc="tokenizer",
-    )
+    loop = TrainingLoop.from_args(accelerator, train_loader, state, args, desc="tokenizer")
     for batch in loop:
         pixels = batch["pixel_values"].to(accelerator.device)
         step_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + state.step)

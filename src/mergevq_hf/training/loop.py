@@ -2,7 +2,7 @@
 
 A script keeps its own step body and reads top to bottom::
 
-    loop = TrainingLoop(accelerator, loader, state, output_dir, max_steps=..., save_every=..., desc="recovery")
+    loop = TrainingLoop.from_args(accelerator, loader, state, args, desc="recovery")  # or TrainingLoop(..., max_steps=)
     for batch in loop:                     # epochs roll over; a resumed run skips the batches already used
         ... forward, backward, optimizer step (inside accelerator.accumulate where it accumulates) ...
         if not loop.step_completed():      # False between gradient-accumulation micro-batches
@@ -68,6 +68,21 @@ class TrainingLoop:
             total=max_steps, initial=state.step, disable=not accelerator.is_main_process, desc=desc, dynamic_ncols=True
         )
         self._completed = False
+
+    @classmethod
+    def from_args(cls, accelerator: Accelerator, loader, state: TrainingState, args, desc: str) -> TrainingLoop:
+        """The loop of a training script whose arguments have ``output_dir``, ``max_steps``, ``save_every`` and
+        ``total_limit`` (the example scripts' common flags)."""
+        return cls(
+            accelerator,
+            loader,
+            state,
+            args.output_dir,
+            max_steps=args.max_steps,
+            save_every=args.save_every,
+            total_limit=args.total_limit,
+            desc=desc,
+        )
 
     @property
     def is_main_process(self) -> bool:
