@@ -65,7 +65,7 @@ def main(argv=None):
     variants = [parse_pipeline(text) for text in args.pipeline]
     pipes = {name: MergeVQPipeline.from_pretrained(folder) for name, folder, _ in variants}
     for pipe in pipes.values():
-        pipe.progress = False
+        pipe.set_progress_bar_config(disable=True)
     tokenizer = next(iter(pipes.values())).tokenizer
     size = tokenizer.config.resolution
     train_x, train_y = load_split_tensors(args.data, "train", size)
@@ -115,7 +115,7 @@ def main(argv=None):
         q = statistics.quantiles(seconds[name], n=4) if len(seconds[name]) > 1 else [seconds[name][0]] * 3
         report["generators"][name] = {
             "pipeline": folder,
-            "generator": type(pipes[name].generator).__name__,
+            "transformer": type(pipes[name].transformer).__name__,
             "steps": steps[name],
             "guidance_scale": args.guidance_scale or pipes[name].default_guidance_scale,
             "seconds_per_image_median": round(statistics.median(seconds[name]), 4),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from mergevq_hf.models.random_ar import decode_schedule
 @pytest.fixture(scope="module")
 def default_pipe():
     pipe = MergeVQPipeline.from_pretrained()  # embedded default, offline
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -47,9 +48,9 @@ def test_embedded_random_order_default_generates_digits(tmp_path):
     from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR, DEFAULT_RANDOM_AR_PIPELINE_DIR
 
     pipe = MergeVQPipeline.from_pretrained(DEFAULT_RANDOM_AR_PIPELINE_DIR)
-    pipe.progress = False
-    assert isinstance(pipe.generator, RandomARForCausalLM) and pipe.source_recovery.config.use_positions
-    assert pipe.generator.position_counts[36].sum() > 0, "the position prior was counted on the training codes"
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.transformer, RandomARForCausalLM) and pipe.source_recovery.config.use_positions
+    assert pipe.transformer.position_counts[36].sum() > 0, "the position prior was counted on the training codes"
     out = pipe(class_labels=[3, "7"], num_images_per_label=2, num_inference_steps=12, generator=_gens([0, 1, 2, 3]))
     assert out.num_steps == 12 and out.tokens.shape == (4, 36) and len(out.images) == 4
     assert torch.equal(out.codes, pipe.tokenizer.unmerge(out.tokens, out.source))
@@ -75,23 +76,23 @@ def test_image_depends_only_on_seed_and_label(default_pipe):
 def test_default_guidance_scale_comes_from_the_generation_config(default_pipe, tmp_path):
     """No guidance_scale: the generator folder's generation_config.json decides (the shipped MergeAR default
     recommends 3.0); a folder without one gets 2.0; an explicit value always wins."""
-    assert default_pipe.generator.generation_config.guidance_scale == 3.0
+    assert default_pipe.transformer.generation_config.guidance_scale == 3.0
     assert default_pipe.default_guidance_scale == 3.0
     codes = {s: default_pipe(class_labels=[2, 8], guidance_scale=s, generator=_gens([3, 4])).codes for s in (2.0, 3.0)}
     implicit = default_pipe(class_labels=[2, 8], generator=_gens([3, 4])).codes
     assert torch.equal(implicit, codes[3.0]) and not torch.equal(implicit, codes[2.0])
     default_pipe.save_pretrained(tmp_path / "pipe")
-    (tmp_path / "pipe/generator/generation_config.json").unlink()
+    (tmp_path / "pipe/transformer/generation_config.json").unlink()
     plain = MergeVQPipeline.from_pretrained(tmp_path / "pipe")
-    plain.progress = False
-    assert plain.generator.generation_config.guidance_scale is None and plain.default_guidance_scale == 2.0
+    plain.set_progress_bar_config(disable=True)
+    assert plain.transformer.generation_config.guidance_scale is None and plain.default_guidance_scale == 2.0
     assert torch.equal(plain(class_labels=[2, 8], generator=_gens([3, 4])).codes, codes[2.0])
 
 
 def test_save_and_reload_give_identical_images(default_pipe, tmp_path):
     default_pipe.save_pretrained(tmp_path / "pipe")
     reloaded = MergeVQPipeline.from_pretrained(tmp_path / "pipe")
-    reloaded.progress = False
+    reloaded.set_progress_bar_config(disable=True)
     a = default_pipe(class_labels=[4, 9], generator=_gens([5, 6]), output_type="np").images
     b = reloaded(class_labels=[4, 9], generator=_gens([5, 6]), output_type="np").images
     assert isinstance(a, np.ndarray) and a.shape == (2, 32, 32, 3) and 0 <= a.min() and a.max() <= 1
@@ -139,7 +140,7 @@ def random_ar_pipe():
         SourceRecoveryConfig(code_dim=8, num_positions=64, dim=32, num_heads=2, use_positions=True)
     )
     pipe = MergeVQPipeline(tokenizer, generator, recovery)
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -161,15 +162,16 @@ def test_random_order_path_recovers_the_source_and_decodes(random_ar_pipe, tmp_p
     pipe.save_pretrained(tmp_path / "rar")
     assert '"RandomARForCausalLM"' in (tmp_path / "rar/model_index.json").read_text()
     again = MergeVQPipeline.from_pretrained(tmp_path / "rar")
-    assert isinstance(again.generator, RandomARForCausalLM) and again.source_recovery is not None
-    again.progress = False
+    assert isinstance(again.transformer, RandomARForCausalLM) and again.source_recovery is not None
+    again.set_progress_bar_config(disable=True)
     b = again(
         class_labels=[1, 2, 3], num_tokens=20, num_inference_steps=6, generator=_gens([0, 1, 2]), output_type="pt"
     )
     assert torch.equal(b.codes, out.codes)
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is in the test extra; skip only in a bare clone")
-    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "rar", trust_remote_code=True)
-    loaded.progress = False
+    from diffusers import DiffusionPipeline
+
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "rar", trust_remote_code=True)
+    loaded.set_progress_bar_config(disable=True)
     c = loaded(
         class_labels=[1, 2, 3], num_tokens=20, num_inference_steps=6, generator=_gens([0, 1, 2]), output_type="pt"
     )
@@ -178,10 +180,10 @@ def test_random_order_path_recovers_the_source_and_decodes(random_ar_pipe, tmp_p
 
 def test_random_order_pipeline_checks(random_ar_pipe, default_pipe):
     with pytest.raises(ValueError, match="needs a source_recovery"):
-        MergeVQPipeline(random_ar_pipe.tokenizer, random_ar_pipe.generator)
+        MergeVQPipeline(random_ar_pipe.tokenizer, random_ar_pipe.transformer)
     official_style = SourceRecoveryModel(SourceRecoveryConfig(code_dim=8, num_positions=64, dim=32, num_heads=2))
     with pytest.raises(ValueError, match="use_positions"):
-        MergeVQPipeline(random_ar_pipe.tokenizer, random_ar_pipe.generator, official_style)
+        MergeVQPipeline(random_ar_pipe.tokenizer, random_ar_pipe.transformer, official_style)
     with pytest.raises(ValueError, match=r"num_inference_steps=21; allowed: None \(K steps\) or an int in 1..K=20"):
         random_ar_pipe(class_labels=[1], num_tokens=20, num_inference_steps=21)
     with pytest.raises(TypeError, match="num_inference_steps=2.5"):
@@ -251,10 +253,12 @@ def test_push_to_hub_offline_with_model_cards(default_pipe, monkeypatch, tmp_pat
     evaluation = {"reference": "digits test split", "K": 36, "guidance_scale": 2.0, "temperature": 1.0}
     assert default_pipe.push_to_hub("me/mergevq-digits", evaluation=evaluation, private=True) == "commit"
     assert push_to_hub(default_pipe.tokenizer, "me/tok", datasets=["ILSVRC/imagenet-1k"]) == "commit"
-    assert push_to_hub(default_pipe.generator, "me/ar", metrics=["fid"]) == "commit"
+    assert push_to_hub(default_pipe.transformer, "me/ar", metrics=["fid"]) == "commit"
     assert repos == [("me/mergevq-digits", True), ("me/tok", None), ("me/ar", None)]
     files, card = uploads[0][1], uploads[0][2]
-    assert {"model_index.json", "tokenizer/model.safetensors", "generator/model.safetensors", "README.md"} <= set(files)
+    assert {"model_index.json", "tokenizer/model.safetensors", "transformer/model.safetensors", "README.md"} <= set(
+        files
+    )
     assert "library_name: mergevq_hf" in card and '"guidance_scale": 2.0' in card and "me/mergevq-digits" in card
     assert "ILSVRC/imagenet-1k" in uploads[1][2] and "image-tokenizer" in uploads[1][2]
     assert "- fid" in uploads[2][2] and "MergeAR" in uploads[2][2]
@@ -267,20 +271,99 @@ def test_push_to_hub_offline_with_model_cards(default_pipe, monkeypatch, tmp_pat
         push_to_hub(object(), "me/x")
 
 
-def test_diffusers_loader_accepts_the_folder(default_pipe, tmp_path):
-    """DiffusionPipeline.from_pretrained(folder) gives the same images; a folder it saves loads back in ours."""
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is in the test extra; skip only in a bare clone")
-    default_pipe.save_pretrained(tmp_path / "pipe")
-    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
-    assert isinstance(loaded, diffusers.DiffusionPipeline) and isinstance(loaded, MergeVQPipeline)
-    loaded.progress = False
-    a = default_pipe(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np").images
-    b = loaded(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np").images
-    assert np.array_equal(a, b)
-    loaded.save_pretrained(tmp_path / "from_diffusers")
+def _images(pipe, **kwargs):
+    return pipe(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np", **kwargs).images
+
+
+@pytest.mark.parametrize("which", ["mergear", "random-ar"])
+def test_both_loaders_accept_the_shipped_defaults_and_saved_folders(which, tmp_path):
+    """One class, one format: MergeVQPipeline.from_pretrained and diffusers' DiffusionPipeline.from_pretrained
+    load the shipped default and a freshly saved folder to the same pipeline (same images); a folder that
+    diffusers saves loads back in ours."""
+    from diffusers import DiffusionPipeline
+
+    from mergevq_hf.defaults import DEFAULT_PIPELINES
+
+    folder = DEFAULT_PIPELINES[which]
+    kwargs = {"num_inference_steps": 12} if which == "random-ar" else {}
+    ours = MergeVQPipeline.from_pretrained(folder)
+    assert isinstance(ours, DiffusionPipeline) and set(ours.components) == {
+        "tokenizer",
+        "transformer",
+        "source_recovery",
+    }
+    ours.set_progress_bar_config(disable=True)
+    expected = _images(ours, **kwargs)
+    theirs = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(theirs) is MergeVQPipeline
+    theirs.set_progress_bar_config(disable=True)
+    assert np.array_equal(_images(theirs, **kwargs), expected)
+
+    ours.save_pretrained(tmp_path / "saved")
+    saved, shipped = (json.loads((f / "model_index.json").read_text()) for f in (tmp_path / "saved", folder))
+    saved.pop("_diffusers_version"), shipped.pop("_diffusers_version")
+    assert saved == shipped, "the shipped default is in the format save_pretrained writes"
+    assert sorted(p.name for p in (tmp_path / "saved").glob("*.py")) == ["pipeline_mergevq.py"]
+    for loader in (
+        MergeVQPipeline.from_pretrained,
+        lambda f: DiffusionPipeline.from_pretrained(f, trust_remote_code=True),
+    ):
+        loaded = loader(tmp_path / "saved")
+        loaded.set_progress_bar_config(disable=True)
+        assert np.array_equal(_images(loaded, **kwargs), expected)
+    theirs.save_pretrained(tmp_path / "from_diffusers")
     again = MergeVQPipeline.from_pretrained(tmp_path / "from_diffusers")
-    again.progress = False
-    assert np.array_equal(a, again(class_labels=[1, 2], generator=_gens([1, 2]), output_type="np").images)
+    again.set_progress_bar_config(disable=True)
+    assert np.array_equal(_images(again, **kwargs), expected)
+
+
+def test_diffusers_loader_needs_trust_remote_code_ours_does_not(default_pipe, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    default_pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    (tmp_path / "pipe/pipeline_mergevq.py").unlink()  # ours never runs the folder's code
+    MergeVQPipeline.from_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="use pipe.push_to_hub"):
+        default_pipe.save_pretrained(tmp_path / "other", push_to_hub=True)
+
+
+def test_folders_saved_before_the_rename_still_load(default_pipe, tmp_path):
+    """The old format: component ``generator`` and ``diffusers_mergevq`` entries (one stub file per folder)."""
+    default_pipe.save_pretrained(tmp_path / "old")
+    (tmp_path / "old/transformer").rename(tmp_path / "old/generator")
+    (tmp_path / "old/pipeline_mergevq.py").unlink()
+    old_index = {
+        "_class_name": ["diffusers_mergevq", "MergeVQDiffusionPipeline"],
+        "_library": "mergevq_hf",
+        "tokenizer": ["diffusers_mergevq", "MergeVQModel"],
+        "generator": ["diffusers_mergevq", "MergeARForCausalLM"],
+    }
+    (tmp_path / "old/model_index.json").write_text(json.dumps(old_index))
+    old = MergeVQPipeline.from_pretrained(tmp_path / "old")
+    old.set_progress_bar_config(disable=True)
+    assert np.array_equal(_images(old), _images(default_pipe))
+    assert old.transformer.generation_config.guidance_scale == default_pipe.default_guidance_scale == 3.0
+    old_index["generator"] = ["transformers", "LlamaForCausalLM"]
+    (tmp_path / "old/model_index.json").write_text(json.dumps(old_index))
+    with pytest.raises(ValueError, match=r"component 'generator' is \['transformers', 'LlamaForCausalLM'\]; allowed"):
+        MergeVQPipeline.from_pretrained(tmp_path / "old")
+    del old_index["generator"]
+    (tmp_path / "old/model_index.json").write_text(json.dumps(old_index))
+    with pytest.raises(ValueError, match=r"lists no \['transformer'\]"):
+        MergeVQPipeline.from_pretrained(tmp_path / "old")
+
+
+def test_components_are_type_checked():
+    tokenizer = MergeVQModel(MergeVQConfig.from_preset("tiny"))
+    generator = MergeARForCausalLM(MergeARConfig.from_preset("tiny"))
+    with pytest.raises(TypeError, match="transformer is a MergeVQModel; allowed"):
+        MergeVQPipeline(tokenizer, tokenizer)
+    with pytest.raises(TypeError, match="tokenizer is a MergeARForCausalLM; allowed: MergeVQModel"):
+        MergeVQPipeline(generator, generator)
+    with pytest.raises(TypeError, match="source_recovery is a MergeVQModel"):
+        MergeVQPipeline(tokenizer, generator, tokenizer)
 
 
 # ---------------------------------------------------------------------- bad input: clear errors, no silent defaults

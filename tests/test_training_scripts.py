@@ -280,12 +280,12 @@ def test_fine_tune_default_models_on_an_imagefolder(tmp_path):
     )
     load_example("train_generator").main(
         [
-            *("--codes", str(tmp_path / "codes"), "--init-from", str(DEFAULT_PIPELINE_DIR / "generator")),
+            *("--codes", str(tmp_path / "codes"), "--init-from", str(DEFAULT_PIPELINE_DIR / "transformer")),
             *("--output-dir", str(ar_out), "--max-steps", "2", "--batch-size", "4"),
         ]
     )
     generator = load_file(ar_out / "final/model.safetensors")
-    assert generator.keys() == load_file(DEFAULT_PIPELINE_DIR / "generator/model.safetensors").keys()
+    assert generator.keys() == load_file(DEFAULT_PIPELINE_DIR / "transformer/model.safetensors").keys()
 
 
 def test_train_source_recovery_learns_and_fine_tunes_with_a_generator(codes_dir, tokenizer_dir, tmp_path):

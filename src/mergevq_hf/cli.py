@@ -97,7 +97,7 @@ def _generate(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "model": args.model or f"embedded-default ({args.default or 'mergear'})",
-                "generator": type(pipe.generator).__name__,
+                "transformer": type(pipe.transformer).__name__,
                 "steps": out.num_steps,
                 "guidance_scale": pipe.default_guidance_scale if args.guidance_scale is None else args.guidance_scale,
                 "labels": out.labels,

