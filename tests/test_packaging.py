@@ -1,0 +1,47 @@
+"""What a non-editable install ships: every embedded asset is named by setup.cfg's package_data (a wheel without
+them has no default pipeline), and the declared lower bounds are the versions CI pins in its minimum environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+setupcfg = pytest.importorskip("setuptools.config.setupcfg", reason="setuptools reads setup.cfg")
+CONFIG = setupcfg.read_configuration(ROOT / "setup.cfg")
+
+
+def test_every_embedded_asset_is_package_data():
+    package = ROOT / "src/mergevq_hf"
+    globs = CONFIG["options"]["package_data"]["mergevq_hf"]
+    shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
+    assets = {path for path in (package / "assets").rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    assert assets, "no assets found"
+    missing = sorted(str(path.relative_to(package)) for path in assets - shipped)
+    assert not missing, f"not in setup.cfg package_data (a wheel would lack them): {missing}"
+    # the loaders need these: a pipeline folder is model_index.json + pipeline_mergevq.py + component folders
+    names = {str(path.relative_to(package)) for path in shipped}
+    for folder in ("default_pipeline", "default_random_ar_pipeline"):
+        assert {f"assets/{folder}/model_index.json", f"assets/{folder}/pipeline_mergevq.py"} <= names
+
+
+def test_lower_bounds_are_the_pinned_minimum_versions():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins = {}
+    for line in (ROOT / ".ci/constraints-min.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    for text in CONFIG["options"]["install_requires"]:
+        requirement = Requirement(text)
+        lower = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        name = requirement.name.lower().replace("_", "-")
+        assert lower, f"{text}: no lower bound"
+        assert name in pins, f"{name} has no pin in .ci/constraints-min.txt"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement.specifier}"
+        assert Version(pins[name]) == Version(lower[0]), (
+            f"{name}: setup.cfg says >={lower[0]}, .ci/constraints-min.txt pins {pins[name]}"
+        )
