@@ -74,6 +74,71 @@ def test_masked_forward_equals_cached_decoding(preset):
     assert cache.seen_tokens == num_positions + 2
 
 
+def _decode_stepwise(model, ids, cache):
+    """Prompt, then one token per step; returns the logits of every step and, per step, the mask plan_step handed
+    out with the entries each row had stored before it."""
+    masks, plan = [], cache.plan_step
+
+    def spy(codes):
+        before = None if cache.lengths is None else cache.lengths.clone()
+        masks.append((plan(codes), before))
+        return masks[-1][0]
+
+    cache.plan_step = spy
+    with torch.no_grad():
+        out = [model(input_ids=ids[:, :2], cache=cache).logits[:, -1:]]
+        out += [model(input_ids=ids[:, t : t + 1], cache=cache).logits for t in range(2, ids.shape[1])]
+    return torch.cat(out, 1), masks
+
+
+def test_one_token_steps_need_no_mask_for_equal_rows_and_a_cheap_one_otherwise():
+    """Decoding one token per step: rows that stored the same number of entries (one image, or an image and its
+    CFG twin) attend with no mask at all (SDPA's fused path); ragged rows get ``slot <= lengths[b]``. Both equal
+    the masked training forward, and a cache that grows its seen-code table itself (no ``num_codes``) agrees."""
+    model = _model()
+    num_positions = model.config.num_positions
+    codes = _codes_with_duplicates(3, num_positions)
+    ids = model.build_inputs(codes, [1, 2, 10], [10, 20, 64])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, 1:]
+    for rows in ([0], [2, 2]):  # one row; a CFG-like pair fed the same codes
+        logits, masks = _decode_stepwise(model, ids[rows], model.new_cache(num_tokens=64))
+        torch.testing.assert_close(logits, full[rows], atol=1e-5, rtol=0)
+        assert all(mask is None for mask, _ in masks[1:]), "equal rows need no mask"
+    cache = model.new_cache(num_tokens=64)
+    logits, masks = _decode_stepwise(model, ids, cache)
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
+    ragged = [(mask, before) for mask, before in masks[1:] if mask is not None]
+    assert len(ragged) > num_positions // 2
+    for mask, before in ragged:  # visible: the longest row's entries + the query; each row its own + itself
+        assert mask.shape == (3, 1, 1, int(before.max()) + 1) and mask.dtype == torch.bool
+        assert torch.equal(mask[:, 0, 0].sum(-1), before + 1) and bool(mask[:, 0, 0, 0].all())
+    self_grown = MergePruningCache(model.config.num_hidden_layers, initial_capacity=3)
+    torch.testing.assert_close(_decode_stepwise(model, ids, self_grown)[0], logits, atol=0, rtol=0)
+    assert torch.equal(self_grown.num_stored, cache.num_stored)
+
+
+def test_cache_capacity_comes_from_L_and_K():
+    """Dense: start tokens + L slots, never grown. Pruned: start tokens + K (a code map of K merged tokens has at
+    most K distinct codes), grown in blocks only when generated codes have more."""
+    model = _model()
+    num_positions, start = model.config.num_positions, model.config.num_start_tokens
+    slot_bytes = 2 * model.config.num_hidden_layers * model.config.hidden_size * 4  # keys + values, float32
+    dense = model.new_cache(prune=False)
+    generate_codes(model, [1, 2], 20, generators=[torch.Generator().manual_seed(s) for s in (0, 1)], cache=dense)
+    assert dense.capacity == start + num_positions and dense.kv_bytes() == 2 * (start + num_positions) * slot_bytes
+    assert dense.kv_bytes(allocated=False) == 2 * (start + num_positions - 1) * slot_bytes  # the last code is not fed
+    assert model.new_cache(num_tokens=torch.tensor([10, 36, 20])).capacity == start + 36
+    assert model.new_cache(num_tokens=500).capacity == start + num_positions
+    codes = _codes_with_duplicates(2, num_positions)
+    k = max(len(set(row.tolist())) for row in codes)
+    cache = model.new_cache(num_tokens=k)
+    _decode_stepwise(model, model.build_inputs(codes, [1, 2], [k, k]), cache)
+    assert cache.capacity == start + k, "K distinct codes fit without growing"
+    assert cache.kv_bytes() == 2 * (start + k) * slot_bytes
+    assert cache.kv_bytes(allocated=False) == int(cache.num_stored.sum()) * slot_bytes
+
+
 def test_no_duplicates_equals_dense_cache_and_dense_forward():
     model = _model()
     num_positions = model.config.num_positions

@@ -6,8 +6,8 @@ per sample, only the start tokens and the first occurrence of every code:
 
 * buffers ``[B, heads, capacity, head_dim]`` per layer, grown in blocks (never per step);
 * ``lengths`` [B]: entries stored per sample (ragged across the batch; slots past it are invalid);
-* ``stored_codes`` [B, capacity]: the code of every stored entry (-1 for start tokens), used to detect
-  duplicates of new tokens;
+* ``seen`` [B, num_codes + 1] bool: which codes a sample has stored, so a new token is recognised as a duplicate
+  with one gather (no scan over the stored entries); the last column absorbs start tokens;
 * positions stay the logical raster positions: ``get_seq_length()`` counts every token processed,
   stored or not (what ``generate()`` needs to slice its inputs).
 
@@ -15,6 +15,10 @@ One step (one forward call): :meth:`plan_step` (decides which new tokens are kep
 attention mask), then every layer's ``update`` writes all new entries at ``lengths[b]`` onwards and
 returns the visible buffer, then :meth:`finish_step` advances ``lengths`` by the kept count, compacting
 only when a multi-token step contained duplicates. A dropped entry is simply overwritten next step.
+
+A one-token step (decoding) reads ``lengths`` on the host once (its minimum and maximum: how many slots are
+visible) and needs no attention mask at all when every row has stored the same number of entries (one image,
+with or without its CFG twin); otherwise the mask is one comparison ``slot <= lengths[b]``.
 """
 
 from __future__ import annotations
@@ -101,49 +105,61 @@ class MergePruningCache(Cache):
         prune: False keeps every token (a dense cache with identical bookkeeping, for comparisons).
         block_size: buffers grow by this many slots when a sample needs more room.
         initial_capacity: slots to pre-allocate (e.g. start tokens + expected distinct codes).
+        num_codes: size of the code vocabulary (2^code_dim), for the ``seen`` table; None: grown to the largest
+            code met (one host read per step that brings a new maximum).
     """
 
-    def __init__(self, num_layers: int, prune: bool = True, block_size: int = 64, initial_capacity: int = 64):
+    def __init__(
+        self,
+        num_layers: int,
+        prune: bool = True,
+        block_size: int = 64,
+        initial_capacity: int = 64,
+        num_codes: int | None = None,
+    ):
         self.prune = prune
         self.block_size = block_size
         self.capacity = max(initial_capacity, 1)
+        self.num_codes = num_codes
         self.seen_tokens = 0
         self.lengths: torch.Tensor | None = None
-        self.stored_codes: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
         self.step_slots: torch.Tensor | None = None
         self.step_visible = 0
         self._step_keep: torch.Tensor | None = None
         super().__init__(layers=[MergePruningLayer(self) for _ in range(num_layers)])
 
     # ------------------------------------------------------------------ per-step protocol
-    def plan_step(self, codes: torch.Tensor) -> torch.Tensor:
+    def plan_step(self, codes: torch.Tensor) -> torch.Tensor | None:
         """Declare the next ``q`` tokens (codes [B, q], -1 for start tokens); returns the boolean attention
-        mask [B, 1, q, visible] (True = may attend) the layers must use for this step."""
+        mask [B, 1, q, visible] (True = may attend) the layers must use for this step, or None when every query
+        may attend to every visible slot (one-token steps with equal ``lengths``)."""
         batch, q = codes.shape
         device = codes.device
         if self.lengths is None:
             self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
-            self.stored_codes = torch.full((batch, self.capacity), -1, dtype=torch.long, device=device)
         if batch != self.lengths.shape[0]:
             raise ValueError(f"batch size changed from {self.lengths.shape[0]} to {batch} inside one cache")
-        slots_needed = int(self.lengths.max()) + q
+        shortest, longest = self.lengths.aminmax()
+        shortest, longest = int(shortest), int(longest)  # the step's one host read
+        slots_needed = longest + q
         if slots_needed > self.capacity:
             self.capacity = self.block_size * -(-slots_needed // self.block_size)
-            self.stored_codes = torch.nn.functional.pad(
-                self.stored_codes, (0, self.capacity - self.stored_codes.shape[1]), value=-1
-            )
             for layer in self.layers:
                 layer.grow(self.capacity)
         keep = torch.ones(batch, q, dtype=torch.bool, device=device)
         if self.prune:
-            slot_ids = torch.arange(self.capacity, device=device)
-            stored_valid = slot_ids[None, :] < self.lengths[:, None]
-            seen_before = ((self.stored_codes[:, :, None] == codes[:, None, :]) & stored_valid[:, :, None]).any(1)
-            keep = ~(seen_before | duplicate_mask(codes)) | (codes < 0)
+            seen_before = self._seen_table(codes).gather(1, self._columns(codes))
+            keep = ~seen_before if q == 1 else ~(seen_before | duplicate_mask(codes))
+            keep = keep | (codes < 0)
         self._step_keep = keep
         self.step_slots = self.lengths[:, None] + torch.arange(q, device=device)
         self.step_visible = slots_needed
         self._step_codes = codes
+        if q == 1:  # a query sees the stored entries and itself: slots 0..lengths[b]
+            if shortest == longest:
+                return None
+            return (torch.arange(slots_needed, device=device) <= self.lengths[:, None])[:, None, None, :]
         # mask: stored past entries, plus kept earlier entries of this step, plus the query itself
         slot_ids = torch.arange(slots_needed, device=device)
         past = slot_ids[None, None, :] < self.lengths[:, None, None]  # [B, 1, S]
@@ -156,6 +172,19 @@ class MergePruningCache(Cache):
         own = rel[:, None, :] == query
         mask = past | (in_step[:, None, :] & causal & (key_kept[:, None, :] | own))
         return mask[:, None]
+
+    def _columns(self, codes: torch.Tensor) -> torch.Tensor:
+        """Column of each code in ``seen``; start tokens (< 0) go to the last column, which is never a code."""
+        return torch.where(codes < 0, self.seen.shape[1] - 1, codes)
+
+    def _seen_table(self, codes: torch.Tensor) -> torch.Tensor:
+        if self.seen is None or (self.num_codes is None and int(codes.max()) + 1 >= self.seen.shape[1]):
+            width = self.num_codes if self.num_codes is not None else max(int(codes.max()) + 1, 1) * 2
+            table = torch.zeros(codes.shape[0], width + 1, dtype=torch.bool, device=codes.device)
+            if self.seen is not None:  # grown: copy what was seen, start-token column stays last
+                table[:, : self.seen.shape[1] - 1] = self.seen[:, :-1]
+            self.seen = table
+        return self.seen
 
     def finish_step(self) -> None:
         """After all layers ran: keep the step's non-duplicate entries, drop the rest."""
@@ -170,11 +199,8 @@ class MergePruningCache(Cache):
             order = torch.sort(dropped.long(), dim=1, stable=True).indices
             for layer in self.layers:
                 layer.compact(order)
-            codes_full = self.stored_codes.clone()
-            codes_full.scatter_(1, self.step_slots, self._step_codes)
-            self.stored_codes = codes_full.gather(1, order)
-        else:
-            self.stored_codes.scatter_(1, self.step_slots, self._step_codes)
+        if self.prune:  # every code of the step is now stored (first occurrences) or was already
+            self.seen.scatter_(1, self._columns(self._step_codes), True)
         self.lengths = self.lengths + keep.sum(1)
         self.seen_tokens += q
         self._step_keep = self._step_codes = self.step_slots = None
@@ -207,10 +233,11 @@ class MergePruningCache(Cache):
     def reset(self) -> None:
         super().reset()
         self.seen_tokens = 0
-        self.lengths = self.stored_codes = None
+        self.lengths = self.seen = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
         if self.lengths is not None:
             self.lengths = self.lengths.index_select(0, beam_idx.to(self.lengths.device))
-            self.stored_codes = self.stored_codes.index_select(0, beam_idx.to(self.stored_codes.device))
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, beam_idx.to(self.seen.device))

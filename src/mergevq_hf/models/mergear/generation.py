@@ -157,7 +157,7 @@ def generate_codes(
     if guidance_scale != 1.0:
         null = torch.full_like(labels, model.config.num_classes)
         prompt = torch.cat([prompt, model.prompt_ids(null, num_tokens)])
-    cache = cache if cache is not None else model.new_cache()
+    cache = cache if cache is not None else model.new_cache(num_tokens=num_tokens)
     num_positions = model.config.num_positions
     codes = torch.empty(batch, num_positions, dtype=torch.long, device=prompt.device)
     factor_logits = prefill(model, prompt, cache)

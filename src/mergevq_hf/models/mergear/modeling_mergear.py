@@ -243,11 +243,30 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             raise ValueError(f"codes_L has {codes_L.shape[1]} positions; expected L={self.config.num_positions}")
         return torch.cat([self.prompt_ids(class_labels, num_tokens), codes_L.long()], dim=1)
 
-    def new_cache(self, prune: bool | None = None, initial_capacity: int | None = None) -> MergePruningCache:
-        """A cache for generation; ``prune`` defaults to ``config.prune_duplicates`` (False: a dense cache)."""
+    def new_cache(
+        self, prune: bool | None = None, initial_capacity: int | None = None, num_tokens=None
+    ) -> MergePruningCache:
+        """A cache for generation; ``prune`` defaults to ``config.prune_duplicates`` (False: a dense cache).
+
+        Capacity (slots per row, grown in blocks of 64 past it): ``initial_capacity`` when given, else the start
+        tokens plus L for a dense cache, plus K (``num_tokens``: an int or the largest of a [B] tensor; the code
+        map of K merged tokens has at most K distinct codes) for a pruned one, plus 64 when K is unknown."""
         prune = self.config.prune_duplicates if prune is None else prune
-        capacity = initial_capacity or self.config.num_start_tokens + 64
-        return MergePruningCache(self.config.num_hidden_layers, prune=prune, initial_capacity=capacity)
+        start, num_positions = self.config.num_start_tokens, self.config.num_positions
+        if initial_capacity is None:
+            if not prune:
+                initial_capacity = start + num_positions
+            elif num_tokens is None:
+                initial_capacity = start + 64
+            else:
+                largest = int(num_tokens.max()) if isinstance(num_tokens, torch.Tensor) else int(num_tokens)
+                initial_capacity = start + min(largest, num_positions)
+        return MergePruningCache(
+            self.config.num_hidden_layers,
+            prune=prune,
+            initial_capacity=initial_capacity,
+            num_codes=self.config.vocab_size_codes,
+        )
 
     # ------------------------------------------------------------------ pieces
     def _split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
@@ -293,7 +312,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"sequence of {start + input_ids.shape[1]} tokens exceeds 2 start tokens + L={cfg.num_positions} codes"
             )
-        if input_ids.min() < 0 or input_ids.max() >= cfg.total_vocab_size:
+        if not bool(((input_ids >= 0) & (input_ids < cfg.total_vocab_size)).all()):  # one host read
             raise ValueError(f"input_ids must be in 0..{cfg.total_vocab_size - 1}")
 
     # ------------------------------------------------------------------ forward
