@@ -81,8 +81,8 @@ def _decode_stepwise(model, ids, cache):
 
     def spy(codes):
         before = None if cache.lengths is None else cache.lengths.clone()
-        masks.append((plan(codes), before))
-        return masks[-1][0]
+        plan(codes)
+        masks.append((cache.step_masks[0] if len(cache.step_masks) == 1 else list(cache.step_masks), before))
 
     cache.plan_step = spy
     with torch.no_grad():
@@ -118,9 +118,57 @@ def test_one_token_steps_need_no_mask_for_equal_rows_and_a_cheap_one_otherwise()
     assert torch.equal(self_grown.num_stored, cache.num_stored)
 
 
+def _codes_with_k_distinct(ks, num_positions, seed=0):
+    """One row per K: exactly K distinct codes (as the code map of K merged tokens), in a random raster order."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for k in ks:
+        values = torch.randperm(256, generator=g)[:k]
+        row = torch.cat([values, values[torch.randint(0, k, (num_positions - k,), generator=g)]])
+        rows.append(row[torch.randperm(num_positions, generator=g)])
+    return torch.stack(rows)
+
+
+def test_rows_of_different_k_get_buffers_of_their_own_size():
+    """A mixed-K batch: one buffer per K (row group), each attended with its own call. Logits equal the masked
+    training forward and a one-buffer cache, in one-token and multi-token steps; allocated bytes are what each
+    row needs (start tokens + its K), not the largest row's size for every row."""
+    model = _model()
+    num_positions, start = model.config.num_positions, model.config.num_start_tokens
+    ks = [10, 40, 10, 40, 10]
+    codes = _codes_with_k_distinct(ks, num_positions)
+    ids = model.build_inputs(codes, [1, 2, 3, 4, 5], ks)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, 1:]
+    grouped = model.new_cache(num_tokens=ks)
+    logits, _ = _decode_stepwise(model, ids, grouped)
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
+    assert grouped.group_row_lists == [[0, 2, 4], [1, 3]] and grouped.group_capacity == [start + 11, start + 41]
+    one_buffer = model.new_cache(initial_capacity=start + 41)
+    torch.testing.assert_close(_decode_stepwise(model, ids, one_buffer)[0], logits, atol=1e-6, rtol=0)
+    assert torch.equal(grouped.num_stored, torch.tensor(ks) + start) and torch.equal(
+        grouped.num_stored, one_buffer.num_stored
+    )
+    slot_bytes = 2 * model.config.num_hidden_layers * model.config.hidden_size * 4  # keys + values, float32
+    assert grouped.kv_bytes(allocated=False) == sum(start + k for k in ks) * slot_bytes
+    assert grouped.kv_bytes() == sum(start + k + 1 for k in ks) * slot_bytes, "each row: its own K + 1 slot"
+    assert one_buffer.kv_bytes() == len(ks) * (start + 41) * slot_bytes  # 215 slots where the groups need 125
+    chunked = model.new_cache(num_tokens=ks)
+    with torch.no_grad():
+        chunks = [model(input_ids=ids[:, a:b], cache=chunked).logits for a, b in [(0, 7), (7, 8), (8, 40), (40, 66)]]
+    torch.testing.assert_close(torch.cat(chunks, 1)[:, 1:], full, atol=1e-5, rtol=0)
+    assert torch.equal(chunked.num_stored, grouped.num_stored)
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    mixed = generate_codes(model, [1, 2, 3], torch.tensor([10, 40, 25]), guidance_scale=2.0, generators=gens)
+    for i, k in enumerate([10, 40, 25]):
+        alone = generate_codes(model, [i + 1], k, guidance_scale=2.0, generators=[torch.Generator().manual_seed(i)])
+        assert torch.equal(alone[0], mixed[i]), "a row's codes do not depend on the other rows' K"
+
+
 def test_cache_capacity_comes_from_L_and_K():
-    """Dense: start tokens + L slots, never grown. Pruned: start tokens + K (a code map of K merged tokens has at
-    most K distinct codes), grown in blocks only when generated codes have more."""
+    """Dense: start tokens + L slots, never grown. Pruned: start tokens + K + 1 (a code map of K merged tokens has at
+    most K distinct codes; + the slot a duplicate is written to before it is dropped), grown in blocks only when
+    generated codes have more."""
     model = _model()
     num_positions, start = model.config.num_positions, model.config.num_start_tokens
     slot_bytes = 2 * model.config.num_hidden_layers * model.config.hidden_size * 4  # keys + values, float32
@@ -128,14 +176,14 @@ def test_cache_capacity_comes_from_L_and_K():
     generate_codes(model, [1, 2], 20, generators=[torch.Generator().manual_seed(s) for s in (0, 1)], cache=dense)
     assert dense.capacity == start + num_positions and dense.kv_bytes() == 2 * (start + num_positions) * slot_bytes
     assert dense.kv_bytes(allocated=False) == 2 * (start + num_positions - 1) * slot_bytes  # the last code is not fed
-    assert model.new_cache(num_tokens=torch.tensor([10, 36, 20])).capacity == start + 36
+    assert model.new_cache(num_tokens=torch.tensor([10, 36, 20])).capacity == start + 37
     assert model.new_cache(num_tokens=500).capacity == start + num_positions
     codes = _codes_with_duplicates(2, num_positions)
     k = max(len(set(row.tolist())) for row in codes)
     cache = model.new_cache(num_tokens=k)
     _decode_stepwise(model, model.build_inputs(codes, [1, 2], [k, k]), cache)
-    assert cache.capacity == start + k, "K distinct codes fit without growing"
-    assert cache.kv_bytes() == 2 * (start + k) * slot_bytes
+    assert cache.capacity == start + k + 1, "K distinct codes (+ the slot of a dropped duplicate) fit, no growth"
+    assert cache.kv_bytes() == 2 * (start + k + 1) * slot_bytes
     assert cache.kv_bytes(allocated=False) == int(cache.num_stored.sum()) * slot_bytes
 
 

@@ -4,7 +4,10 @@ MergeAR's rule (paper Sec. 4.1): a position whose code already occurred earlier 
 duplicate; later queries never attend to it, but it still attends to itself. The cache therefore keeps,
 per sample, only the start tokens and the first occurrence of every code:
 
-* buffers ``[B, heads, capacity, head_dim]`` per layer, grown in blocks (never per step);
+* buffers ``[rows, heads, capacity, head_dim]`` per layer and per *row group*, grown in blocks (never per step).
+  Rows given different capacities up front (``row_capacity``, e.g. start tokens + K of each image) form one
+  group per capacity, so a batch mixing K = 36 and K = 256 allocates what each row needs rather than the
+  largest row's size for all; every group attends with its own call. One capacity: one group, one call;
 * ``lengths`` [B]: entries stored per sample (ragged across the batch; slots past it are invalid);
 * ``seen`` [B, num_codes + 1] bool: which codes a sample has stored, so a new token is recognised as a duplicate
   with one gather (no scan over the stored entries); the last column absorbs start tokens;
@@ -16,9 +19,9 @@ attention mask), then every layer's ``update`` writes all new entries at ``lengt
 returns the visible buffer, then :meth:`finish_step` advances ``lengths`` by the kept count, compacting
 only when a multi-token step contained duplicates. A dropped entry is simply overwritten next step.
 
-A one-token step (decoding) reads ``lengths`` on the host once (its minimum and maximum: how many slots are
-visible) and needs no attention mask at all when every row has stored the same number of entries (one image,
-with or without its CFG twin); otherwise the mask is one comparison ``slot <= lengths[b]``.
+A step reads ``lengths`` on the host once (how many slots each group must show). A one-token step (decoding)
+needs no attention mask at all in a group whose rows have stored the same number of entries (one image, with or
+without its CFG twin); otherwise its mask is one comparison ``slot <= lengths[b]``.
 """
 
 from __future__ import annotations
@@ -39,43 +42,64 @@ def duplicate_mask(codes: torch.Tensor) -> torch.Tensor:
 
 
 class MergePruningLayer(CacheLayerMixin):
-    """Keys/values of one decoder layer; the bookkeeping is shared through the parent cache."""
+    """Keys/values of one decoder layer, one buffer per row group; the bookkeeping is shared through the parent
+    cache. ``keys`` / ``values`` are the buffers themselves when there is one group (None otherwise)."""
 
     is_croppable = False
 
     def __init__(self, cache: MergePruningCache):
         super().__init__()
         self.cache = cache
+        self.key_groups: list[torch.Tensor] = []
+        self.value_groups: list[torch.Tensor] = []
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        batch, heads, _, dim = key_states.shape
-        self.keys = key_states.new_zeros(batch, heads, self.cache.capacity, dim)
-        self.values = value_states.new_zeros(batch, heads, self.cache.capacity, value_states.shape[-1])
+        heads, dim, value_dim = key_states.shape[1], key_states.shape[3], value_states.shape[3]
+        for rows, capacity in zip(self.cache.group_rows, self.cache.group_capacity):
+            self.key_groups.append(key_states.new_zeros(len(rows), heads, capacity, dim))
+            self.value_groups.append(value_states.new_zeros(len(rows), heads, capacity, value_dim))
         self.is_initialized = True
+        self._expose()
 
-    def grow(self, capacity: int) -> None:
-        if self.is_initialized and self.keys.shape[2] < capacity:
-            pad = capacity - self.keys.shape[2]
-            self.keys = torch.nn.functional.pad(self.keys, (0, 0, 0, pad))
-            self.values = torch.nn.functional.pad(self.values, (0, 0, 0, pad))
+    def _expose(self) -> None:
+        single = len(self.key_groups) == 1
+        self.keys = self.key_groups[0] if single else None
+        self.values = self.value_groups[0] if single else None
+
+    def grow(self, group: int, capacity: int) -> None:
+        if self.is_initialized and self.key_groups[group].shape[2] < capacity:
+            pad = (0, 0, 0, capacity - self.key_groups[group].shape[2])
+            self.key_groups[group] = torch.nn.functional.pad(self.key_groups[group], pad)
+            self.value_groups[group] = torch.nn.functional.pad(self.value_groups[group], pad)
+            self._expose()
+
+    def write(self, group: int, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Write the group's new entries at ``lengths[b]`` onwards; returns its visible keys and values."""
+        slots = self.cache.group_step_slots[group][:, None, :, None]  # [rows, 1, q, 1]
+        keys, values = self.key_groups[group], self.value_groups[group]
+        keys.scatter_(2, slots.expand(-1, keys.shape[1], -1, keys.shape[3]), key_states)
+        values.scatter_(2, slots.expand(-1, values.shape[1], -1, values.shape[3]), value_states)
+        visible = self.cache.group_visible[group]
+        return keys[:, :, :visible], values[:, :, :visible]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """transformers' ``Cache.update`` for a cache with one row group (:meth:`MergePruningCache.attend` handles
+        several)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        slots = self.cache.step_slots  # [B, q] where the new entries go (lengths[b] + i)
-        index = slots[:, None, :, None]
-        self.keys.scatter_(2, index.expand(-1, self.keys.shape[1], -1, self.keys.shape[3]), key_states)
-        self.values.scatter_(2, index.expand(-1, self.values.shape[1], -1, self.values.shape[3]), value_states)
-        visible = self.cache.step_visible
-        return self.keys[:, :, :visible], self.values[:, :, :visible]
+        if len(self.key_groups) != 1:
+            raise ValueError("this cache has several row groups: attend through MergePruningCache.attend")
+        return self.write(0, key_states, value_states)
 
-    def compact(self, gather_index: torch.Tensor) -> None:
-        """Reorder slots [B, capacity] so kept entries are contiguous (multi-token steps only)."""
+    def compact(self, group: int, gather_index: torch.Tensor) -> None:
+        """Reorder a group's slots [rows, capacity] so kept entries are contiguous (multi-token steps only)."""
         if self.is_initialized:
             index = gather_index[:, None, :, None]
-            self.keys = self.keys.gather(2, index.expand(-1, self.keys.shape[1], -1, self.keys.shape[3]))
-            self.values = self.values.gather(2, index.expand(-1, self.values.shape[1], -1, self.values.shape[3]))
+            for buffers in (self.key_groups, self.value_groups):
+                buffer = buffers[group]
+                buffers[group] = buffer.gather(2, index.expand(-1, buffer.shape[1], -1, buffer.shape[3]))
+            self._expose()
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.cache.seen_tokens + query_length, 0
@@ -87,14 +111,16 @@ class MergePruningLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        if self.is_initialized:
-            self.keys.zero_()
-            self.values.zero_()
+        for buffer in self.key_groups + self.value_groups:
+            buffer.zero_()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.is_initialized:
-            self.keys = self.keys.index_select(0, beam_idx.to(self.keys.device))
-            self.values = self.values.index_select(0, beam_idx.to(self.values.device))
+            if len(self.key_groups) != 1:
+                raise ValueError("reorder_cache needs a cache with one row group")
+            self.key_groups = [self.key_groups[0].index_select(0, beam_idx.to(self.device))]
+            self.value_groups = [self.value_groups[0].index_select(0, beam_idx.to(self.device))]
+            self._expose()
 
 
 class MergePruningCache(Cache):
@@ -103,10 +129,12 @@ class MergePruningCache(Cache):
     Args:
         num_layers: decoder layers.
         prune: False keeps every token (a dense cache with identical bookkeeping, for comparisons).
-        block_size: buffers grow by this many slots when a sample needs more room.
-        initial_capacity: slots to pre-allocate (e.g. start tokens + expected distinct codes).
+        block_size: buffers grow by this many slots when a row needs more room.
+        initial_capacity: slots to pre-allocate per row (e.g. start tokens + expected distinct codes).
         num_codes: size of the code vocabulary (2^code_dim), for the ``seen`` table; None: grown to the largest
             code met (one host read per step that brings a new maximum).
+        row_capacity: slots to pre-allocate for each row ([B] ints; overrides ``initial_capacity``); rows with the
+            same capacity share a buffer (a row group).
     """
 
     def __init__(
@@ -116,62 +144,109 @@ class MergePruningCache(Cache):
         block_size: int = 64,
         initial_capacity: int = 64,
         num_codes: int | None = None,
+        row_capacity=None,
     ):
         self.prune = prune
         self.block_size = block_size
-        self.capacity = max(initial_capacity, 1)
+        self.initial_capacity = max(int(initial_capacity), 1)
+        self.row_capacity = None if row_capacity is None else [max(int(c), 1) for c in row_capacity]
         self.num_codes = num_codes
         self.seen_tokens = 0
         self.lengths: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
-        self.step_slots: torch.Tensor | None = None
-        self.step_visible = 0
+        self.group_rows: list[torch.Tensor] = []  # row indices of each group (on the cache's device)
+        self.group_row_lists: list[list[int]] = []  # the same on the host
+        self.group_capacity: list[int] = []
+        self.group_step_slots: list[torch.Tensor] = []
+        self.group_visible: list[int] = []
+        self.step_masks: list[torch.Tensor | None] = []
+        self.step_slots_read = 0  # rows x visible slots summed over the groups: what this step's attention reads
         self._step_keep: torch.Tensor | None = None
         super().__init__(layers=[MergePruningLayer(self) for _ in range(num_layers)])
 
+    @property
+    def capacity(self) -> int:
+        """Slots per row of the largest group buffer."""
+        return max(self.group_capacity or self.row_capacity or [self.initial_capacity])
+
+    def _make_groups(self, batch: int, device) -> None:
+        capacities = self.row_capacity or [self.initial_capacity] * batch
+        if len(capacities) != batch:
+            raise ValueError(f"row_capacity has {len(capacities)} entries for a batch of {batch} rows")
+        for capacity in sorted(set(capacities)):
+            rows = [b for b, c in enumerate(capacities) if c == capacity]
+            self.group_row_lists.append(rows)
+            self.group_rows.append(torch.tensor(rows, device=device))
+            self.group_capacity.append(capacity)
+
     # ------------------------------------------------------------------ per-step protocol
-    def plan_step(self, codes: torch.Tensor) -> torch.Tensor | None:
-        """Declare the next ``q`` tokens (codes [B, q], -1 for start tokens); returns the boolean attention
-        mask [B, 1, q, visible] (True = may attend) the layers must use for this step, or None when every query
-        may attend to every visible slot (one-token steps with equal ``lengths``)."""
+    def plan_step(self, codes: torch.Tensor) -> None:
+        """Declare the next ``q`` tokens (codes [B, q], -1 for start tokens): decide which are kept, where they go
+        and, per row group, how many slots are visible and the boolean attention mask [rows, 1, q, visible]
+        (True = may attend; None when every query may attend to every visible slot)."""
         batch, q = codes.shape
         device = codes.device
         if self.lengths is None:
             self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+            self._make_groups(batch, device)
         if batch != self.lengths.shape[0]:
             raise ValueError(f"batch size changed from {self.lengths.shape[0]} to {batch} inside one cache")
-        shortest, longest = self.lengths.aminmax()
-        shortest, longest = int(shortest), int(longest)  # the step's one host read
-        slots_needed = longest + q
-        if slots_needed > self.capacity:
-            self.capacity = self.block_size * -(-slots_needed // self.block_size)
-            for layer in self.layers:
-                layer.grow(self.capacity)
         keep = torch.ones(batch, q, dtype=torch.bool, device=device)
         if self.prune:
             seen_before = self._seen_table(codes).gather(1, self._columns(codes))
             keep = ~seen_before if q == 1 else ~(seen_before | duplicate_mask(codes))
             keep = keep | (codes < 0)
-        self._step_keep = keep
-        self.step_slots = self.lengths[:, None] + torch.arange(q, device=device)
-        self.step_visible = slots_needed
-        self._step_codes = codes
+        self._step_keep, self._step_codes = keep, codes
+        lengths = self.lengths.tolist()  # the step's one host read
+        self.group_step_slots, self.group_visible, self.step_masks = [], [], []
+        self.step_slots_read = 0
+        single = len(self.group_rows) == 1
+        for group, rows in enumerate(self.group_rows):
+            row_lengths = lengths if single else [lengths[b] for b in self.group_row_lists[group]]
+            group_lengths = self.lengths if single else self.lengths[rows]
+            visible = max(row_lengths) + q
+            if visible > self.group_capacity[group]:
+                self.group_capacity[group] = self.block_size * -(-visible // self.block_size)
+                for layer in self.layers:
+                    layer.grow(group, self.group_capacity[group])
+            self.group_step_slots.append(group_lengths[:, None] + torch.arange(q, device=device))
+            self.group_visible.append(visible)
+            self.step_slots_read += len(row_lengths) * visible
+            equal = min(row_lengths) == max(row_lengths)
+            group_keep = keep if single else keep[rows]
+            self.step_masks.append(None if q == 1 and equal else self._mask(group_lengths, group_keep, visible))
+
+    @staticmethod
+    def _mask(lengths: torch.Tensor, keep: torch.Tensor, visible: int) -> torch.Tensor:
+        """[rows, 1, q, visible]: stored past entries, kept earlier entries of this step, and the query itself."""
+        q, device = keep.shape[1], keep.device
+        slot_ids = torch.arange(visible, device=device)
         if q == 1:  # a query sees the stored entries and itself: slots 0..lengths[b]
-            if shortest == longest:
-                return None
-            return (torch.arange(slots_needed, device=device) <= self.lengths[:, None])[:, None, None, :]
-        # mask: stored past entries, plus kept earlier entries of this step, plus the query itself
-        slot_ids = torch.arange(slots_needed, device=device)
-        past = slot_ids[None, None, :] < self.lengths[:, None, None]  # [B, 1, S]
-        rel = slot_ids[None, :] - self.lengths[:, None]  # [B, S] index within this step
+            return (slot_ids <= lengths[:, None])[:, None, None, :]
+        past = slot_ids[None, None, :] < lengths[:, None, None]  # [rows, 1, S]
+        rel = slot_ids[None, :] - lengths[:, None]  # [rows, S] index within this step
         in_step = (rel >= 0) & (rel < q)
-        rel_c = rel.clamp(0, q - 1)
-        key_kept = keep.gather(1, rel_c) & in_step  # [B, S]
+        key_kept = keep.gather(1, rel.clamp(0, q - 1)) & in_step  # [rows, S]
         query = torch.arange(q, device=device)[None, :, None]
         causal = rel[:, None, :] <= query
         own = rel[:, None, :] == query
-        mask = past | (in_step[:, None, :] & causal & (key_kept[:, None, :] | own))
-        return mask[:, None]
+        return (past | (in_step[:, None, :] & causal & (key_kept[:, None, :] | own)))[:, None]
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """Store this step's keys/values of layer ``layer_idx`` and attend (SDPA) over each group's visible
+        entries with the mask :meth:`plan_step` made; query/key/value [B, heads, q, head_dim] -> [B, heads, q, dv]."""
+        layer = self.layers[layer_idx]
+        if not layer.is_initialized:
+            layer.lazy_initialization(key, value)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        if len(self.group_rows) == 1:
+            k, v = layer.write(0, key, value)
+            return sdpa(query, k, v, attn_mask=self.step_masks[0])
+        out = query.new_empty(*query.shape[:-1], value.shape[-1])
+        for group, rows in enumerate(self.group_rows):
+            k, v = layer.write(group, key[rows], value[rows])
+            out[rows] = sdpa(query[rows], k, v, attn_mask=self.step_masks[group])
+        return out
 
     def _columns(self, codes: torch.Tensor) -> torch.Tensor:
         """Column of each code in ``seen``; start tokens (< 0) go to the last column, which is never a code."""
@@ -190,20 +265,22 @@ class MergePruningCache(Cache):
         """After all layers ran: keep the step's non-duplicate entries, drop the rest."""
         keep, q = self._step_keep, self._step_keep.shape[1]
         if q > 1 and not bool(keep.all()):
-            # stable compaction of this step's slots; entries past the new length are garbage
-            batch = keep.shape[0]
-            slot_ids = torch.arange(self.capacity, device=keep.device).expand(batch, -1)
-            rel = slot_ids - self.lengths[:, None]
-            in_step = (rel >= 0) & (rel < q)
-            dropped = in_step & ~keep.gather(1, rel.clamp(0, q - 1))
-            order = torch.sort(dropped.long(), dim=1, stable=True).indices
-            for layer in self.layers:
-                layer.compact(order)
+            # stable compaction of each group's step slots; entries past the new length are garbage
+            for group, rows in enumerate(self.group_rows):
+                lengths, group_keep = self.lengths[rows], keep[rows]
+                slot_ids = torch.arange(self.group_capacity[group], device=keep.device).expand(len(rows), -1)
+                rel = slot_ids - lengths[:, None]
+                in_step = (rel >= 0) & (rel < q)
+                dropped = in_step & ~group_keep.gather(1, rel.clamp(0, q - 1))
+                order = torch.sort(dropped.long(), dim=1, stable=True).indices
+                for layer in self.layers:
+                    layer.compact(group, order)
         if self.prune:  # every code of the step is now stored (first occurrences) or was already
             self.seen.scatter_(1, self._columns(self._step_codes), True)
         self.lengths = self.lengths + keep.sum(1)
         self.seen_tokens += q
-        self._step_keep = self._step_codes = self.step_slots = None
+        self._step_keep = self._step_codes = None
+        self.group_step_slots, self.step_masks = [], []
 
     # ------------------------------------------------------------------ Cache API
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -222,18 +299,22 @@ class MergePruningCache(Cache):
         """Bytes of keys + values: allocated buffers, or only the valid entries (``allocated=False``)."""
         total = 0
         for layer in self.layers:
-            if layer.is_initialized:
-                per_slot = (layer.keys[:, :, :1].numel() + layer.values[:, :, :1].numel()) // layer.keys.shape[0]
-                per_slot *= layer.keys.element_size()
-                total += per_slot * (
-                    layer.keys.shape[0] * layer.keys.shape[2] if allocated else int(self.lengths.sum())
+            for rows, keys, values in zip(self.group_row_lists, layer.key_groups, layer.value_groups):
+                per_slot = (keys.shape[1] * keys.shape[3] * keys.element_size()) + (
+                    values.shape[1] * values.shape[3] * values.element_size()
                 )
+                slots = keys.shape[0] * keys.shape[2] if allocated else int(self.lengths[rows].sum())
+                total += per_slot * slots
         return total
 
     def reset(self) -> None:
         super().reset()
         self.seen_tokens = 0
         self.lengths = self.seen = None
+        self.group_rows, self.group_row_lists, self.group_capacity = [], [], []
+        for layer in self.layers:
+            layer.key_groups, layer.value_groups, layer.is_initialized = [], [], False
+            layer.keys = layer.values = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)

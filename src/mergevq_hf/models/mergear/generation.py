@@ -157,7 +157,9 @@ def generate_codes(
     if guidance_scale != 1.0:
         null = torch.full_like(labels, model.config.num_classes)
         prompt = torch.cat([prompt, model.prompt_ids(null, num_tokens)])
-    cache = cache if cache is not None else model.new_cache(num_tokens=num_tokens)
+    if cache is None:  # buffers sized from K: one K per row (the null-class rows repeat the conditional ones)
+        row_tokens = torch.as_tensor(num_tokens).reshape(-1).expand(batch)
+        cache = model.new_cache(num_tokens=row_tokens.repeat(prompt.shape[0] // batch))
     num_positions = model.config.num_positions
     codes = torch.empty(batch, num_positions, dtype=torch.long, device=prompt.device)
     factor_logits = prefill(model, prompt, cache)

@@ -131,10 +131,11 @@ class MergeARAttention(nn.Module):
         q = apply_rotary(self.q_proj(x).view(shape).transpose(1, 2), *rotary)
         k = apply_rotary(self.k_proj(x).view(shape).transpose(1, 2), *rotary)
         v = self.v_proj(x).view(shape).transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
-        dropout = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if cache is not None:  # stores k/v (duplicates pruned) and attends with the mask its plan_step made
+            out = cache.attend(q, k, v, self.layer_idx)
+        else:
+            dropout = self.attention_dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.resid_dropout(self.o_proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
 
 
@@ -249,23 +250,31 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         """A cache for generation; ``prune`` defaults to ``config.prune_duplicates`` (False: a dense cache).
 
         Capacity (slots per row, grown in blocks of 64 past it): ``initial_capacity`` when given, else the start
-        tokens plus L for a dense cache, plus K (``num_tokens``: an int or the largest of a [B] tensor; the code
-        map of K merged tokens has at most K distinct codes) for a pruned one, plus 64 when K is unknown."""
+        tokens plus L for a dense cache, or plus K + 1 for a pruned one (the code map of K merged tokens has at most
+        K distinct codes, + the slot a duplicate query writes before it is dropped; 64 when K is unknown).
+        ``num_tokens``: K as an int, or one K per cache row (a [rows] tensor or list; with classifier-free guidance
+        the rows are the conditional then the null-class half):
+        rows of different K get buffers of their own size."""
         prune = self.config.prune_duplicates if prune is None else prune
         start, num_positions = self.config.num_start_tokens, self.config.num_positions
+        row_capacity = None
         if initial_capacity is None:
             if not prune:
                 initial_capacity = start + num_positions
             elif num_tokens is None:
                 initial_capacity = start + 64
             else:
-                largest = int(num_tokens.max()) if isinstance(num_tokens, torch.Tensor) else int(num_tokens)
-                initial_capacity = start + min(largest, num_positions)
+                ks = torch.as_tensor(num_tokens).reshape(-1).tolist()
+                capacities = [start + min(int(k) + 1, num_positions) for k in ks]
+                initial_capacity = max(capacities)
+                if len(set(capacities)) > 1:
+                    row_capacity = capacities
         return MergePruningCache(
             self.config.num_hidden_layers,
             prune=prune,
             initial_capacity=initial_capacity,
             num_codes=self.config.vocab_size_codes,
+            row_capacity=row_capacity,
         )
 
     # ------------------------------------------------------------------ pieces
@@ -352,8 +361,9 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         codes = self._codes_of(input_ids)
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         rotary = self.rotary(positions)
+        mask = None
         if cache is not None:
-            mask = cache.plan_step(codes)
+            cache.plan_step(codes)
         elif self.config.prune_duplicates:
             mask = self.training_mask(codes)
         else:  # the plain raster baseline: ordinary causal attention
