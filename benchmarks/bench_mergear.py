@@ -83,7 +83,7 @@ class Decoder:
     def step(self):
         with torch.inference_mode():
             self.model(input_ids=self.fed[:, self.position : self.position + 1], cache=self.cache, logits_to_keep=1)
-        self.visible.append(self.cache.step_visible)
+        self.visible.append(self.cache.step_slots_read)  # rows x visible slots, summed over the row groups
         self.position += 1
 
 
@@ -116,7 +116,7 @@ def run_setting(name, preset, ks, window, device, bandwidth, models):
     result["duplicate_fraction"] = round(1 - sum(distinct) / (images * num_positions), 3)
     read = {}
     for key, decoder in decoders.items():
-        kv = rows * per_slot * sum(decoder.visible) / len(decoder.visible)
+        kv = per_slot * sum(decoder.visible) / len(decoder.visible)
         read[key] = weights + kv
         timing = summary(seconds[key])
         result[key] = {

@@ -1,7 +1,8 @@
 """Tokenizer throughput at K = L vs merged K, and memory of the exact entropy loss vs the naive formula.
 
-Random weights (speed does not depend on them). All ratios come from one run of this script:
-    python benchmarks/bench_tokenizer.py [--device cuda] [--batch 4] [--repeats 3]
+Random weights (speed does not depend on them). All ratios come from one run of this script; the K values are
+timed interleaved (call by call), each ``--repeats`` times, and printed as median with interquartile range:
+    python benchmarks/bench_tokenizer.py [--device cuda] [--batch 4] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -17,43 +18,35 @@ import torch
 
 from mergevq_hf import MergeVQConfig, MergeVQModel
 from mergevq_hf.models.tokenizer.lfq import entropy_terms, entropy_terms_naive
+from timing import interleaved, ratio_spread, summary, synchronize
 
 CASES = [("mergevq-gr-d64", [256, 144]), ("mergevq-g-d64", [1024, 256])]
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, repeats):
-    fn()  # warm-up
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def throughput(preset, ks, device, batch, repeats):
+    """Encode and decode images/s at each K; the K values interleaved call by call, ``repeats`` timed calls each
+    (after one warm-up), median and interquartile range."""
     torch.manual_seed(0)
     model = MergeVQModel(MergeVQConfig.from_preset(preset)).to(device).eval()
     pixels = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
-    rows = []
+    variants = {}
     with torch.inference_mode():
         for k in ks:
             enc = model.encode(pixels, num_tokens=k)
             codes = model.unmerge(enc.indices, enc.source)
-            t_enc = _time(lambda k=k: model.encode(pixels, num_tokens=k), device, repeats)
-            t_dec = _time(lambda codes=codes: model.decode(codes), device, repeats)
-            rows.append({"preset": preset, "K": k, "encode_img_s": batch / t_enc, "decode_img_s": batch / t_dec})
-    base = rows[0]
-    for row in rows:
-        row["encode_speedup_vs_K=L"] = row["encode_img_s"] / base["encode_img_s"]
-        row["decode_speedup_vs_K=L"] = row["decode_img_s"] / base["decode_img_s"]
+            variants[f"encode K={k}"] = lambda k=k: model.encode(pixels, num_tokens=k)
+            variants[f"decode K={k}"] = lambda codes=codes: model.decode(codes)
+        seconds = interleaved(variants, repeats, device)
+    rows = []
+    for k in ks:
+        row = {"preset": preset, "K": k}
+        for stage in ("encode", "decode"):
+            timing = summary(seconds[f"{stage} K={k}"])
+            iqr = [batch / timing["q3"], batch / timing["q1"]]
+            row[f"{stage}_img_s"] = {"median": batch / timing["median"], "iqr": iqr}
+            base, this = seconds[f"{stage} K={ks[0]}"], seconds[f"{stage} K={k}"]
+            row[f"{stage}_speedup_vs_K={ks[0]}"] = ratio_spread(base, this)
+        rows.append(row)
     return rows
 
 
@@ -79,7 +72,7 @@ def _entropy_peak(kind, num_tokens, code_dim, device_name, queue):
     start = time.perf_counter()
     per_sample, codebook = fn(latent)
     (per_sample - codebook).backward()
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
@@ -110,11 +103,19 @@ def entropy_memory(num_tokens, code_dim, device):
     return results
 
 
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items() if k != "n"}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return round(value, 3) if isinstance(value, float) else value
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--entropy-tokens", type=int, default=4 * 144, help="B*K tokens in the entropy benchmark")
     args = parser.parse_args()
@@ -122,7 +123,7 @@ def main():
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
     for preset, ks in [] if args.skip_throughput else CASES:
         for row in throughput(preset, ks, device, args.batch, args.repeats):
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+            print(json.dumps(_rounded(row)))
     print(json.dumps(entropy_memory(args.entropy_tokens, 18, device)))
 
 

@@ -165,6 +165,28 @@ def test_rows_of_different_k_get_buffers_of_their_own_size():
         assert torch.equal(alone[0], mixed[i]), "a row's codes do not depend on the other rows' K"
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-factorized"])
+def test_static_decode_path_gives_the_same_codes_and_compiles_whole(preset):
+    """The static path (one buffer of start + L slots, every row masked to its own entries, no host reads) samples
+    the same codes as the default path, with and without guidance; torch.compile(fullgraph=True) captures its
+    step without a graph break (aot_eager here: the CPU check of what CUDA graphs need; the codes stay equal)."""
+    model = _model(preset)
+    labels, ks = [1, 2, 3], torch.tensor([10, 40, 25])
+    for scale in (1.0, 2.5):
+        gens = lambda: [torch.Generator().manual_seed(s) for s in (4, 5, 6)]  # noqa: E731
+        eager = generate_codes(model, labels, ks, guidance_scale=scale, generators=gens())
+        static = generate_codes(model, labels, ks, guidance_scale=scale, generators=gens(), static=True)
+        assert torch.equal(static, eager)
+    torch._dynamo.reset()
+    compiled = generate_codes(
+        model, labels, ks, guidance_scale=2.5, generators=gens(), compile_options={"backend": "aot_eager"}
+    )
+    assert torch.equal(compiled, static)
+    small = model.new_cache(num_tokens=10)
+    with pytest.raises(ValueError, match="static decode needs a cache of 66 slots"):
+        generate_codes(model, [1], 10, static=True, cache=small)
+
+
 def test_cache_capacity_comes_from_L_and_K():
     """Dense: start tokens + L slots, never grown. Pruned: start tokens + K + 1 (a code map of K merged tokens has at
     most K distinct codes; + the slot a duplicate is written to before it is dropped), grown in blocks only when

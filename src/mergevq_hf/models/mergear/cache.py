@@ -216,6 +216,30 @@ class MergePruningCache(Cache):
             group_keep = keep if single else keep[rows]
             self.step_masks.append(None if q == 1 and equal else self._mask(group_lengths, group_keep, visible))
 
+    def plan_static_step(self, codes: torch.Tensor) -> None:
+        """:meth:`plan_step` for one token per row with static shapes: no host read, no data-dependent branch (what
+        ``torch.compile(fullgraph=True)`` and CUDA graphs need). Every row attends over the whole buffer, masked to
+        its own entries, so the cache must have one row group whose capacity covers the sequence (start tokens +
+        L; see ``MergeARForCausalLM.new_cache(static=True)``) and must have run one :meth:`plan_step` (the prompt)."""
+        keep = torch.ones_like(codes, dtype=torch.bool)
+        if self.prune:
+            keep = ~self.seen.gather(1, self._columns(codes)) | (codes < 0)
+        self._step_keep, self._step_codes = keep, codes
+        capacity = self.group_capacity[0]
+        self.group_step_slots, self.group_visible = [self.lengths[:, None]], [capacity]
+        slot_ids = torch.arange(capacity, device=codes.device)
+        self.step_masks = [(slot_ids <= self.lengths[:, None])[:, None, None, :]]
+        self.step_slots_read = codes.shape[0] * capacity
+
+    def finish_static_step(self) -> None:
+        """:meth:`finish_step` of a :meth:`plan_static_step` (in place, no host read)."""
+        if self.prune:
+            self.seen.scatter_(1, self._columns(self._step_codes), True)
+        self.lengths.add_(self._step_keep.sum(1))
+        self.seen_tokens += 1
+        self._step_keep = self._step_codes = None
+        self.group_step_slots, self.step_masks = [], []
+
     @staticmethod
     def _mask(lengths: torch.Tensor, keep: torch.Tensor, visible: int) -> torch.Tensor:
         """[rows, 1, q, visible]: stored past entries, kept earlier entries of this step, and the query itself."""

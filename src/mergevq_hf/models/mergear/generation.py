@@ -141,12 +141,17 @@ def generate_codes(
     generators: Sequence[torch.Generator] | torch.Generator | None = None,
     cache: MergePruningCache | None = None,
     progress=None,
+    static: bool = False,
+    compile_options: dict | None = None,
 ) -> torch.LongTensor:
     """Generate code maps ``codes_L`` [B, L] in raster order.
 
     class_labels: ints [B]; num_tokens: K (int or [B]) given to the merge-instruction token;
     guidance_scale != 1 runs the null class alongside (batch doubled in the same cache);
     progress: optional callable wrapping the step iterator (e.g. a tqdm factory).
+    static: decode with :meth:`MergeARForCausalLM.static_decode_step` on a ``new_cache(static=True)`` (fixed shapes,
+    no host reads; same codes as the default path); ``compile_options`` (implies ``static``): that step through
+    ``torch.compile(step, fullgraph=True, **compile_options)``, e.g. ``{"mode": "reduce-overhead"}`` (CUDA graphs).
     """
     labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
     batch = labels.shape[0]
@@ -157,10 +162,21 @@ def generate_codes(
     if guidance_scale != 1.0:
         null = torch.full_like(labels, model.config.num_classes)
         prompt = torch.cat([prompt, model.prompt_ids(null, num_tokens)])
-    if cache is None:  # buffers sized from K: one K per row (the null-class rows repeat the conditional ones)
+    static = static or compile_options is not None
+    num_positions, start = model.config.num_positions, model.config.num_start_tokens
+    if cache is None and static:
+        cache = model.new_cache(static=True)
+    elif cache is None:  # buffers sized from K: one K per row (the null-class rows repeat the conditional ones)
         row_tokens = torch.as_tensor(num_tokens).reshape(-1).expand(batch)
         cache = model.new_cache(num_tokens=row_tokens.repeat(prompt.shape[0] // batch))
-    num_positions = model.config.num_positions
+    if static and cache.capacity < start + num_positions:
+        raise ValueError(f"a static decode needs a cache of {start + num_positions} slots; use new_cache(static=True)")
+    step = None
+    if static:
+        step = model.static_decode_step
+        if compile_options is not None:
+            step = torch.compile(step, fullgraph=True, **compile_options)
+        positions = torch.arange(start, start + num_positions, device=prompt.device)
     codes = torch.empty(batch, num_positions, dtype=torch.long, device=prompt.device)
     factor_logits = prefill(model, prompt, cache)
     steps = range(num_positions)
@@ -168,5 +184,8 @@ def generate_codes(
         codes[:, j] = _sample_code(model, factor_logits, guidance_scale, batch, temperature, top_k, top_p, noise)
         if j + 1 < num_positions:
             fed = codes[:, j] if guidance_scale == 1.0 else codes[:, j].repeat(2)
-            factor_logits = decode_one_token(model, fed, cache)
+            if step is None:
+                factor_logits = decode_one_token(model, fed, cache)
+            else:
+                factor_logits = step(fed[:, None], positions[j : j + 1], cache)
     return codes

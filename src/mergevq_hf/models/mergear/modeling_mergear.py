@@ -245,7 +245,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         return torch.cat([self.prompt_ids(class_labels, num_tokens), codes_L.long()], dim=1)
 
     def new_cache(
-        self, prune: bool | None = None, initial_capacity: int | None = None, num_tokens=None
+        self, prune: bool | None = None, initial_capacity: int | None = None, num_tokens=None, static: bool = False
     ) -> MergePruningCache:
         """A cache for generation; ``prune`` defaults to ``config.prune_duplicates`` (False: a dense cache).
 
@@ -254,11 +254,14 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         K distinct codes, + the slot a duplicate query writes before it is dropped; 64 when K is unknown).
         ``num_tokens``: K as an int, or one K per cache row (a [rows] tensor or list; with classifier-free guidance
         the rows are the conditional then the null-class half):
-        rows of different K get buffers of their own size."""
+        rows of different K get buffers of their own size. ``static=True``: one buffer of start tokens + L slots
+        for every row, for :meth:`static_decode_step` (fixed shapes; no saving of bytes read, no host reads)."""
         prune = self.config.prune_duplicates if prune is None else prune
         start, num_positions = self.config.num_start_tokens, self.config.num_positions
         row_capacity = None
-        if initial_capacity is None:
+        if static:
+            initial_capacity = start + num_positions
+        elif initial_capacity is None:
             if not prune:
                 initial_capacity = start + num_positions
             elif num_tokens is None:
@@ -276,6 +279,22 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             num_codes=self.config.vocab_size_codes,
             row_capacity=row_capacity,
         )
+
+    def static_decode_step(
+        self, input_ids: torch.LongTensor, position: torch.LongTensor, cache: MergePruningCache
+    ) -> tuple[torch.Tensor, ...]:
+        """One token per row on a cache from ``new_cache(static=True)`` after its prompt step: the factor logits
+        [B, 1, V_f] of the next code. Static shapes, no host reads, no data-dependent Python branches and no input
+        checks, so ``torch.compile(self.static_decode_step, fullgraph=True, mode="reduce-overhead")`` captures it
+        whole (CUDA graphs on a GPU). ``input_ids`` [B, 1]; ``position`` [1]: the token's logical position."""
+        cache.plan_static_step(self._codes_of(input_ids))
+        rotary = self.rotary(position)
+        hidden = self.embed(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, rotary, None, cache)
+        cache.finish_static_step()
+        hidden = self.norm(hidden)
+        return tuple(head(hidden) for head in self.heads)
 
     # ------------------------------------------------------------------ pieces
     def _split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
