@@ -11,7 +11,11 @@ Per setting it prints, for a decode step near the end of the code map: the bytes
 without the embedding tables + the KV slots it attends, rows x visible slots) for dense and pruned, their ratio,
 the measured speed ratio (median over the paired steps, with its interquartile range), each path's seconds per
 step and the fraction of the machine's measured read bandwidth it reaches; and the pruned cache's allocated vs
-used KV bytes. A last setting, rows with K = 36, 36, 36, 256, shows allocation for a mixed-K batch.
+used KV bytes. A third decoder runs the same rows at the start of the code map (no KV to speak of), interleaved
+with the two: step time minus its time is the part that reads the cache, compared with the KV bytes ratio (on
+a CPU the weight matmuls of many rows are compute-bound, so the whole-step speed ratio stays below the bytes
+ratio even when the KV part follows it). A last setting, rows with K = 36, 36, 36, 256, shows allocation for a
+mixed-K batch.
 
     python benchmarks/bench_mergear.py [--device cuda] [--window 24] [--settings 0,1,2,3,4]
 """
@@ -105,8 +109,10 @@ def run_setting(name, preset, ks, window, device, bandwidth, models):
     rows = fed.shape[0]
     fill = num_positions - window - 1  # one warm-up step, then `window` timed steps
     decoders = {
-        "pruned": Decoder(model, prompt, fed, num_tokens, True, fill),
+        "pruned": Decoder(model, prompt, fed, num_tokens.repeat(2), True, fill),  # one K per row
         "dense": Decoder(model, prompt, fed, num_tokens, False, fill),
+        # the same rows at the start of the code map: the cost of a step that reads (almost) no KV
+        "no_kv": Decoder(model, prompt, fed, num_tokens, False, 1),
     }
     # one untimed warm-up step each, then `window` paired steps, the order alternating
     seconds = interleaved({key: decoder.step for key, decoder in decoders.items()}, window, device, warmup=1)
@@ -115,7 +121,8 @@ def run_setting(name, preset, ks, window, device, bandwidth, models):
     distinct = [len(set(row.tolist())) for row in codes_l]
     result["duplicate_fraction"] = round(1 - sum(distinct) / (images * num_positions), 3)
     read = {}
-    for key, decoder in decoders.items():
+    for key in ("pruned", "dense"):
+        decoder = decoders[key]
         kv = per_slot * sum(decoder.visible) / len(decoder.visible)
         read[key] = weights + kv
         timing = summary(seconds[key])
@@ -131,6 +138,14 @@ def run_setting(name, preset, ks, window, device, bandwidth, models):
     result["bytes_ratio_dense_over_pruned"] = round(read["dense"] / read["pruned"], 3)
     result["speed_ratio_pruned_over_dense"] = {k: round(v, 3) for k, v in speed.items() if k != "n"}
     result["speed_ratio_over_bytes_ratio"] = round(speed["median"] / (read["dense"] / read["pruned"]), 3)
+    # the part of a step that reads the KV cache: step time minus the no-KV step's (paired by round)
+    kv_seconds = {key: [a - b for a, b in zip(seconds[key], seconds["no_kv"])] for key in ("pruned", "dense")}
+    kv_read = {key: read[key] - weights for key in read}
+    result["no_kv_seconds_per_step"] = round(summary(seconds["no_kv"])["median"], 5)
+    result["kv_part_speed_ratio_pruned_over_dense"] = {
+        k: round(v, 3) for k, v in ratio_spread(kv_seconds["dense"], kv_seconds["pruned"]).items() if k != "n"
+    }
+    result["kv_bytes_ratio_dense_over_pruned"] = round(kv_read["dense"] / kv_read["pruned"], 3)
     pruned = decoders["pruned"].cache
     block = rows * per_slot * pruned.block_size
     result["pruned_allocated_over_used_plus_block"] = round(

@@ -267,6 +267,11 @@ def test_generate_builds_its_own_pruning_cache_and_matches_own_loop(preset, guid
     assert torch.equal(cache.num_stored, expected)
     assert torch.equal(own_cache.num_stored[:3], expected)
     assert cache.num_stored.max() < 2 + model.config.num_positions - 1, "duplicates were pruned"
+    assert cache.group_row_lists == [[0], [1], [2]], "one buffer per K read from the merge-instruction tokens"
+    for (row,), capacity in zip(cache.group_row_lists, cache.group_capacity):
+        sized = min(2 + counts[row] + 1, 2 + model.config.num_positions)  # start + K + 1
+        grown = int(cache.num_stored[row]) + 1 > sized  # a random model's codes may hold more than K distinct
+        assert capacity == sized if not grown else capacity % cache.block_size == 0
 
 
 def test_generate_with_a_given_cache():

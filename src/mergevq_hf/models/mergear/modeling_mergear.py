@@ -280,6 +280,15 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             row_capacity=row_capacity,
         )
 
+    def _merge_counts(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """K of each row when ``input_ids`` starts with a prompt (class token, merge-instruction token), else None."""
+        cfg = self.config
+        if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+            return None
+        counts = input_ids[:, 1] - (cfg.vocab_size_codes + cfg.num_classes + 1)
+        valid = bool(((counts >= 1) & (counts <= cfg.num_positions)).all())
+        return counts if valid else None
+
     def static_decode_step(
         self, input_ids: torch.LongTensor, position: torch.LongTensor, cache: MergePruningCache
     ) -> tuple[torch.Tensor, ...]:
@@ -373,8 +382,8 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             raise TypeError(f"MergeAR needs a MergePruningCache, got {type(cache).__name__}")
         if attention_mask is not None and not bool((attention_mask == 1).all()):
             raise ValueError("attention_mask with padding is not supported: MergeAR sequences all have the same length")
-        if cache is None and use_cache:
-            cache = self.new_cache()
+        if cache is None and use_cache:  # sized from the K of the merge-instruction tokens when they are here
+            cache = self.new_cache(num_tokens=self._merge_counts(input_ids))
         start = cache.get_seq_length() if cache is not None else 0
         self._check_input_ids(input_ids, start)
         codes = self._codes_of(input_ids)
