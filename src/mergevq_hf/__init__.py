@@ -1,11 +1,17 @@
 """mergevq_hf: MergeVQ (CVPR 2025) in the Hugging Face ecosystem."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM
 
 from .models.mergear import MergeARConfig, MergeARForCausalLM, MergePruningCache
 from .models.random_ar import RandomARConfig, RandomARForCausalLM
 from .models.source_recovery import SourceRecoveryConfig, SourceRecoveryModel, SourceRecoveryOutput
-from .models.tokenizer import MergeVQConfig, MergeVQEncoderOutput, MergeVQModel, MergeVQModelOutput
+from .models.tokenizer import (
+    MergeVQConfig,
+    MergeVQEncoderOutput,
+    MergeVQImageProcessor,
+    MergeVQModel,
+    MergeVQModelOutput,
+)
 from .pipelines import MergeVQPipeline, MergeVQPipelineOutput
 
 __version__ = "0.1.0"
@@ -22,6 +28,8 @@ for _config, _model, _auto in (
     # (Auto*.from_pretrained(dir, trust_remote_code=True)) where mergevq_hf is not installed.
     _config.register_for_auto_class()
     _model.register_for_auto_class(_auto.__name__)
+AutoImageProcessor.register(MergeVQConfig, slow_image_processor_class=MergeVQImageProcessor, exist_ok=True)
+MergeVQImageProcessor.register_for_auto_class()
 
 __all__ = [
     "MergeARConfig",
@@ -29,6 +37,7 @@ __all__ = [
     "MergePruningCache",
     "MergeVQConfig",
     "MergeVQEncoderOutput",
+    "MergeVQImageProcessor",
     "MergeVQModel",
     "MergeVQModelOutput",
     "MergeVQPipeline",

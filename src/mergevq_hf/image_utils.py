@@ -1,13 +1,23 @@
-"""Image <-> tensor conversion and PNG grids (one home for the package's pixel handling)."""
+"""Image files, PNG grids, PSNR and the image-batch check. The pixel conversions themselves (RGB, resize + crop,
+[-1, 1] <-> uint8 / PIL) live in the tokenizer's image processor (``models/tokenizer/image_processing_mergevq.py``,
+which must load on its own as Hub remote code) and are re-exported here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
+
+from .models.tokenizer.image_processing_mergevq import (  # noqa: F401  (re-exported)
+    MergeVQImageProcessor,
+    center_crop_resize,
+    pil_to_tensor,
+    tensor_to_pil,
+    tensor_to_uint8,
+    to_rgb,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 EXAMPLE_IMAGE = ASSETS / "astronaut.png"
@@ -30,54 +40,12 @@ def check_images(
         raise ValueError(f"{name} is {x.shape[2]}x{x.shape[3]}; {what or 'this'} needs H, W >= {min_size}")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode (L, LA, P, CMYK, RGBA, I;16 ...) -> RGB (alpha composited on white)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode.startswith("I"):
-        array = np.asarray(image, dtype=np.float64)
-        array = 255 * (array - array.min()) / max(array.max() - array.min(), 1)
-        image = Image.fromarray(array.astype(np.uint8))
-    return image.convert("RGB")
-
-
-def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` (bicubic) and take the central ``size`` x ``size`` crop."""
-    width, height = image.size
-    scale = size / min(width, height)
-    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
-    width, height = image.size
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def pil_to_tensor(image: Image.Image, size: int | None = None) -> torch.Tensor:
-    """PIL image -> float tensor [3, H, W] in [-1, 1] (RGB, optionally center-cropped to ``size``)."""
-    image = to_rgb(image)
-    if size is not None:
-        image = center_crop_resize(image, size)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
 def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """An image file -> [3, H, W] in [-1, 1] (center-cropped to ``size`` when given), as the image processor does."""
     with Image.open(path) as image:
-        return pil_to_tensor(image, size)
-
-
-def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (clamped)."""
-    array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return array.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
-    return [Image.fromarray(a) for a in tensor_to_uint8(images)]
+        if size is None:
+            return pil_to_tensor(image)
+        return MergeVQImageProcessor(size=size)(images=image).pixel_values[0]
 
 
 def make_grid(images: torch.Tensor | Sequence[Image.Image], ncols: int, padding: int = 2) -> Image.Image:

@@ -35,11 +35,11 @@ from diffusers import DiffusionPipeline
 from transformers.utils import ModelOutput
 
 from ..defaults import DEFAULT_PIPELINE_DIR
-from ..image_utils import tensor_to_pil
 from ..models.mergear import MergeARForCausalLM, generate_codes
 from ..models.random_ar import RandomARForCausalLM, generate_random_order
 from ..models.source_recovery import SourceRecoveryModel
 from ..models.tokenizer import MergeVQModel
+from ..models.tokenizer.image_processing_mergevq import OUTPUT_TYPES
 
 GENERATOR_CLASSES = {cls.__name__: cls for cls in (MergeARForCausalLM, RandomARForCausalLM)}
 # component name -> the classes it may hold, by name (model_index.json stores [module, class name])
@@ -49,7 +49,6 @@ COMPONENTS = {
     "source_recovery": {"SourceRecoveryModel": SourceRecoveryModel},
 }
 LEGACY_COMPONENT_NAMES = {"generator": "transformer"}  # folders saved before the rename
-OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_GUIDANCE_SCALE = 2.0  # when the generator's generation_config.json names none
 PIPELINE_FILE = "pipeline_mergevq"  # <folder>/pipeline_mergevq.py: the class, for diffusers' loader
 
@@ -91,6 +90,7 @@ class MergeVQPipeline(DiffusionPipeline):
             transformer=transformer.eval(),
             source_recovery=source_recovery.eval() if source_recovery is not None else None,
         )
+        self.image_processor = tokenizer.image_processor()  # decoded tensors -> images
 
     @staticmethod
     def check_components(tokenizer, transformer, source_recovery=None) -> None:
@@ -244,13 +244,10 @@ class MergeVQPipeline(DiffusionPipeline):
             num_steps = self.transformer.config.num_positions
 
         # 4. decode
-        images = (self.tokenizer.decode(codes.to(self.tokenizer.device)).clamp(-1, 1) + 1) / 2
+        images = self.tokenizer.decode(codes.to(self.tokenizer.device))
 
         # 5. convert to output_type
-        if output_type == "pil":
-            images = tensor_to_pil(images * 2 - 1)
-        elif output_type == "np":
-            images = images.permute(0, 2, 3, 1).float().cpu().numpy()
+        images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
 
         if not return_dict:

@@ -1,10 +1,12 @@
 from .configuration_mergevq import PRESETS, MergeVQConfig
+from .image_processing_mergevq import MergeVQImageProcessor
 from .modeling_mergevq import MergeVQEncoderOutput, MergeVQModel, MergeVQModelOutput, MergeVQPreTrainedModel
 
 __all__ = [
     "PRESETS",
     "MergeVQConfig",
     "MergeVQEncoderOutput",
+    "MergeVQImageProcessor",
     "MergeVQModel",
     "MergeVQModelOutput",
     "MergeVQPreTrainedModel",

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_mergevq import MergeVQConfig
+from .image_processing_mergevq import MergeVQImageProcessor
 from .lfq import commitment_loss, entropy_terms, indices_to_codes, quantize
 from .token_merging import (
     bipartite_soft_matching,
@@ -413,6 +414,18 @@ class MergeVQModel(MergeVQPreTrainedModel):
         self.encoder = MergeVQEncoder(config)
         self.decoder = MergeVQDecoder(config)
         self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, plus the matching :class:`MergeVQImageProcessor`
+        (``preprocessor_config.json``, size = ``config.resolution``), so ``AutoImageProcessor.from_pretrained``
+        works on every tokenizer folder."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.image_processor().save_pretrained(save_directory)
+
+    def image_processor(self) -> MergeVQImageProcessor:
+        """The image processor that feeds this tokenizer (resize + center-crop to its resolution, [-1, 1])."""
+        return MergeVQImageProcessor(size=self.config.resolution)
 
     # ---------------------------------------------------------------- checks
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
