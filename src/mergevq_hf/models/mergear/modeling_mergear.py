@@ -253,9 +253,9 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         tokens plus L for a dense cache, or plus K + 1 for a pruned one (the code map of K merged tokens has at most
         K distinct codes, + the slot a duplicate query writes before it is dropped; 64 when K is unknown).
         ``num_tokens``: K as an int, or one K per cache row (a [rows] tensor or list; with classifier-free guidance
-        the rows are the conditional then the null-class half):
-        rows of different K get buffers of their own size. ``static=True``: one buffer of start tokens + L slots
-        for every row, for :meth:`static_decode_step` (fixed shapes; no saving of bytes read, no host reads)."""
+        the rows are the conditional then the null-class half); rows of different K get buffers of their own size.
+        ``static=True``: one buffer of start tokens + L slots for every row, for :meth:`static_decode_step` (fixed
+        shapes and no host reads; it reads every slot, so it saves no bytes)."""
         prune = self.config.prune_duplicates if prune is None else prune
         start, num_positions = self.config.num_start_tokens, self.config.num_positions
         row_capacity = None
