@@ -41,11 +41,10 @@ def check_images(
 
 
 def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """An image file -> [3, H, W] in [-1, 1] (center-cropped to ``size`` when given), as the image processor does."""
+    """An image file -> [3, H, W] in [-1, 1] (center-cropped to ``size`` when given): the image processor's
+    conversion (``pil_to_tensor``)."""
     with Image.open(path) as image:
-        if size is None:
-            return pil_to_tensor(image)
-        return MergeVQImageProcessor(size=size)(images=image).pixel_values[0]
+        return pil_to_tensor(image, size)
 
 
 def make_grid(images: torch.Tensor | Sequence[Image.Image], ncols: int, padding: int = 2) -> Image.Image:

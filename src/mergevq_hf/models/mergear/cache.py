@@ -191,12 +191,8 @@ class MergePruningCache(Cache):
             self._make_groups(batch, device)
         if batch != self.lengths.shape[0]:
             raise ValueError(f"batch size changed from {self.lengths.shape[0]} to {batch} inside one cache")
-        keep = torch.ones(batch, q, dtype=torch.bool, device=device)
-        if self.prune:
-            seen_before = self._seen_table(codes).gather(1, self._columns(codes))
-            keep = ~seen_before if q == 1 else ~(seen_before | duplicate_mask(codes))
-            keep = keep | (codes < 0)
-        self._step_keep, self._step_codes = keep, codes
+        keep = self._step_keep = self._keep(codes)
+        self._step_codes = codes
         lengths = self.lengths.tolist()  # the step's one host read
         self.group_step_slots, self.group_visible, self.step_masks = [], [], []
         self.step_slots_read = 0
@@ -221,24 +217,17 @@ class MergePruningCache(Cache):
         ``torch.compile(fullgraph=True)`` and CUDA graphs need). Every row attends over the whole buffer, masked to
         its own entries, so the cache must have one row group whose capacity covers the sequence (start tokens +
         L; see ``MergeARForCausalLM.new_cache(static=True)``) and must have run one :meth:`plan_step` (the prompt)."""
-        keep = torch.ones_like(codes, dtype=torch.bool)
-        if self.prune:
-            keep = ~self.seen.gather(1, self._columns(codes)) | (codes < 0)
-        self._step_keep, self._step_codes = keep, codes
+        keep = self._step_keep = self._keep(codes)
+        self._step_codes = codes
         capacity = self.group_capacity[0]
         self.group_step_slots, self.group_visible = [self.lengths[:, None]], [capacity]
-        slot_ids = torch.arange(capacity, device=codes.device)
-        self.step_masks = [(slot_ids <= self.lengths[:, None])[:, None, None, :]]
+        self.step_masks = [self._mask(self.lengths, keep, capacity)]
         self.step_slots_read = codes.shape[0] * capacity
 
     def finish_static_step(self) -> None:
         """:meth:`finish_step` of a :meth:`plan_static_step` (in place, no host read)."""
-        if self.prune:
-            self.seen.scatter_(1, self._columns(self._step_codes), True)
         self.lengths.add_(self._step_keep.sum(1))
-        self.seen_tokens += 1
-        self._step_keep = self._step_codes = None
-        self.group_step_slots, self.step_masks = [], []
+        self._end_step()
 
     @staticmethod
     def _mask(lengths: torch.Tensor, keep: torch.Tensor, visible: int) -> torch.Tensor:
@@ -272,6 +261,16 @@ class MergePruningCache(Cache):
             out[rows] = sdpa(query[rows], k, v, attn_mask=self.step_masks[group])
         return out
 
+    def _keep(self, codes: torch.Tensor) -> torch.Tensor:
+        """[B, q] bool: which new tokens get stored (start tokens, and codes seen neither before nor earlier in the
+        step); all of them for a dense cache. One gather in the seen table, no host read once it exists."""
+        if not self.prune:
+            return torch.ones_like(codes, dtype=torch.bool)
+        seen_before = self._seen_table(codes).gather(1, self._columns(codes))
+        if codes.shape[1] > 1:
+            seen_before = seen_before | duplicate_mask(codes)
+        return ~seen_before | (codes < 0)
+
     def _columns(self, codes: torch.Tensor) -> torch.Tensor:
         """Column of each code in ``seen``; start tokens (< 0) go to the last column, which is never a code."""
         return torch.where(codes < 0, self.seen.shape[1] - 1, codes)
@@ -299,10 +298,14 @@ class MergePruningCache(Cache):
                 order = torch.sort(dropped.long(), dim=1, stable=True).indices
                 for layer in self.layers:
                     layer.compact(group, order)
-        if self.prune:  # every code of the step is now stored (first occurrences) or was already
-            self.seen.scatter_(1, self._columns(self._step_codes), True)
         self.lengths = self.lengths + keep.sum(1)
-        self.seen_tokens += q
+        self._end_step()
+
+    def _end_step(self) -> None:
+        """What every step ends with: the step's codes are now stored (first occurrences) or were already."""
+        if self.prune:
+            self.seen.scatter_(1, self._columns(self._step_codes), True)
+        self.seen_tokens += self._step_codes.shape[1]
         self._step_keep = self._step_codes = None
         self.group_step_slots, self.step_masks = [], []
 
@@ -332,7 +335,7 @@ class MergePruningCache(Cache):
         return total
 
     def reset(self) -> None:
-        super().reset()
+        """Forget everything (buffers are dropped, not zeroed: the next step allocates them anew)."""
         self.seen_tokens = 0
         self.lengths = self.seen = None
         self.group_rows, self.group_row_lists, self.group_capacity = [], [], []
