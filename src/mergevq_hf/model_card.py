@@ -65,3 +65,56 @@ def write_model_card(
         card = ModelCard.from_template(card_data, template_str=FALLBACK, **fields)
     card.save(folder / "README.md")
     return card
+
+
+def record_eval_results(
+    folder: str | Path,
+    results: dict[str, float],
+    task_type: str,
+    dataset_name: str,
+    dataset_type: str | None = None,
+    dataset_split: str | None = None,
+    metric_args: dict | None = None,
+    source_name: str = "mergevq eval",
+) -> ModelCard:
+    """Add ``results`` ({metric type: value}, e.g. {"fid": 3.1, "inception_score": 250.0}) to the
+    ``model-index`` of ``folder/README.md`` (created when missing), replacing earlier values of the same metric,
+    task, dataset and split; other results stay. ``metric_args`` records the settings (K, CFG, number of
+    images). Returns the saved card."""
+    from huggingface_hub import EvalResult
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model card folder {str(folder)!r} is not a directory")
+    readme = folder / "README.md"
+    if readme.exists():
+        card = ModelCard.load(readme)
+    else:
+        card = ModelCard(f"---\n{ModelCardData(library_name='mergevq_hf').to_yaml()}\n---\n\n# {folder.name}\n")
+    if not card.data.model_name:
+        card.data.model_name = folder.name
+    dataset_type = dataset_type or dataset_name
+    new = [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=dataset_split,
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=round(float(value), 6),
+            metric_args=metric_args,
+            source_name=source_name,
+        )
+        for metric, value in results.items()
+        if value is not None
+    ]
+    replaced = {(r.task_type, r.dataset_type, r.dataset_split, r.metric_type) for r in new}
+    kept = [
+        r
+        for r in (card.data.eval_results or [])
+        if (r.task_type, r.dataset_type, r.dataset_split, r.metric_type) not in replaced
+    ]
+    card.data.eval_results = kept + new
+    card.save(readme)
+    return card

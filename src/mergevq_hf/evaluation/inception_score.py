@@ -1,0 +1,90 @@
+"""Inception Score: a classifier's logits on generated images, scored by torchmetrics' ``InceptionScore``.
+
+The FID network the package ships (``fid.InceptionFeatures``) has no logits, so the Inception Score needs a network
+given by the user: a TorchScript file (``torch.jit.load``, never a pickle) that maps images [B, 3, 299, 299] in the
+FID network's input range ([-1, 1), i.e. ``(p - 128) / 128`` of 8-bit pixels p) to logits [B, C], e.g. the
+TF Inception-v3 with its 1008-way head that ADM's evaluator uses, exported to TorchScript. It is found as
+``path`` or ``$MERGEVQ_IS_WEIGHTS``; nothing is downloaded. Without one, :func:`find_logits_network` returns
+``None`` and the evaluation reports ``inception_score: null`` with :data:`NO_NETWORK_MESSAGE`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torchmetrics.image.inception import InceptionScore
+
+from ..weights import find_weights_file
+from .fid import inception_input
+
+ENV_WEIGHTS = "MERGEVQ_IS_WEIGHTS"
+DEFAULT_SPLITS = 10
+NO_NETWORK_MESSAGE = (
+    "Inception Score skipped: it needs a classifier with logits (the offline FID network has none); pass "
+    f"--is-weights FILE or set ${ENV_WEIGHTS} to a TorchScript Inception-v3 that maps [B, 3, 299, 299] images in "
+    "[-1, 1) to logits"
+)
+
+
+class LogitsNetwork(nn.Module):
+    """Images [B, 3, H, W] in [-1, 1] -> logits [B, C] (float64) of a TorchScript classifier, with the FID
+    network's preprocessing (8-bit rounding, TF1 bilinear resize to 299, input range [-1, 1))."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        try:
+            with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript
+                warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated", DeprecationWarning)
+                self.network = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{str(path)!r} is not a TorchScript file ({error})") from error
+        self.weights_path = Path(path)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> LogitsNetwork:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.network(inception_input(images, self.device))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"the Inception Score network must return logits [B, C], got {got}")
+        return logits.double()
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.network.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+
+def find_logits_network(path: str | os.PathLike | None = None) -> LogitsNetwork | None:
+    """The user's Inception Score network (``path``, else ``$MERGEVQ_IS_WEIGHTS``), or ``None`` when neither is
+    set. A path that names no file raises ``FileNotFoundError``."""
+    found = find_weights_file(path, ENV_WEIGHTS, [], what="Inception Score weights")
+    return None if found is None else LogitsNetwork(found)
+
+
+def inception_score(logits: torch.Tensor, splits: int = DEFAULT_SPLITS, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of the Inception Score (torchmetrics) over ``splits`` parts of ``logits`` [N, C]. torchmetrics
+    shuffles the samples before splitting; the shuffle is seeded here (``seed``, on a forked RNG that leaves the
+    caller's untouched), so a result is reproducible."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a [N, C] tensor, got {got}")
+    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= logits.shape[0]:
+        raise ValueError(f"splits must be an int in [1, N] = [1, {logits.shape[0]}], got {splits!r}")
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": we pass logits once
+        warnings.filterwarnings("ignore", r".*save all extracted features", UserWarning)
+        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+    metric.update(logits.detach().double().cpu())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
