@@ -165,7 +165,9 @@ def test_fid_matches_scipy_on_fixed_feature_sets():
     ours = fid_from_features(torch.from_numpy(x), torch.from_numpy(y))
     assert ours == pytest.approx(reference, rel=1e-3)
     # symmetric, float32 features accepted, and the same through statistics
-    assert fid_from_features(torch.from_numpy(y).float(), torch.from_numpy(x).float()) == pytest.approx(reference, rel=1e-3)
+    assert fid_from_features(torch.from_numpy(y).float(), torch.from_numpy(x).float()) == pytest.approx(
+        reference, rel=1e-3
+    )
     stats_x = GaussianStatistics.from_features(torch.from_numpy(x))
     stats_y = GaussianStatistics.from_features(torch.from_numpy(y))
     assert frechet_distance(stats_x, stats_y) == pytest.approx(reference, rel=1e-3)
@@ -220,7 +222,9 @@ def test_fid_input_checks():
     with pytest.raises(TypeError, match="mu must be a torch.Tensor or numpy array"):
         GaussianStatistics([0.0, 0.0, 0.0], torch.eye(3))
     with pytest.raises(ValueError, match="different dims"):
-        frechet_distance(GaussianStatistics(torch.zeros(3), torch.eye(3)), GaussianStatistics(torch.zeros(4), torch.eye(4)))
+        frechet_distance(
+            GaussianStatistics(torch.zeros(3), torch.eye(3)), GaussianStatistics(torch.zeros(4), torch.eye(4))
+        )
     with pytest.raises(TypeError, match="GaussianStatistics"):
         frechet_distance(torch.zeros(3), torch.eye(3))
     with pytest.raises(ValueError, match="at least 2 samples, got 1"):

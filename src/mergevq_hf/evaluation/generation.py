@@ -84,9 +84,9 @@ def generate_features(
     gathered = gather_indexed(accelerator, torch.tensor(mine, dtype=torch.long), local)
     if keep_images:
         images = torch.stack(kept) if kept else torch.zeros(0, dtype=torch.uint8)
-        gathered["images"] = gather_indexed(accelerator, torch.tensor(kept_index, dtype=torch.long), {"images": images})[
-            "images"
-        ]
+        gathered["images"] = gather_indexed(
+            accelerator, torch.tensor(kept_index, dtype=torch.long), {"images": images}
+        )["images"]
     return gathered
 
 

@@ -82,9 +82,10 @@ def inception_score(logits: torch.Tensor, splits: int = DEFAULT_SPLITS, seed: in
         raise ValueError(f"splits must be an int in [1, N] = [1, {logits.shape[0]}], got {splits!r}")
     with warnings.catch_warnings():  # "will save all extracted features in buffer": we pass logits once
         warnings.filterwarnings("ignore", r".*save all extracted features", UserWarning)
-        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+        metric = InceptionScore(feature=nn.Identity(), splits=splits, sync_on_compute=False)  # logits: all of them
     metric.update(logits.detach().double().cpu())
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)
+        warnings.filterwarnings("ignore", r".*degrees of freedom", UserWarning)  # std of one split
         mean, std = metric.compute()
-    return float(mean), float(std)
+    return float(mean), float(std) if splits > 1 else 0.0

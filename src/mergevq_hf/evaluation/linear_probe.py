@@ -215,6 +215,8 @@ def train_linear_probe(
         "num_classes": int(num_classes),
         "steps": step,
         "final_loss": float(loss.detach()) if step else None,
-        **{key: getattr(config, key) for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "seed")},
+        **{
+            key: getattr(config, key) for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "seed")
+        },
     }
     return probe, report

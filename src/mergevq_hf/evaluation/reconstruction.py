@@ -8,7 +8,7 @@ import torch
 
 from ..image_utils import psnr
 from ..models.tokenizer import MergeVQModel
-from .fid import InceptionFeatures, fid_metric
+from .fid import InceptionFeatures, fid_metric, module_device
 from .metrics import ssim
 
 
@@ -18,15 +18,6 @@ def codebook_usage(indices: torch.Tensor, codebook_size: int) -> dict[str, float
     probs = counts / counts.sum()
     entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
     return {"codebook_usage": float((counts > 0).float().mean()), "codebook_perplexity": float(entropy.exp())}
-
-
-def _module_device(module, fallback: torch.device) -> torch.device:
-    if isinstance(module, torch.nn.Module):
-        for tensor in module.parameters():
-            return tensor.device
-        for tensor in module.buffers():
-            return tensor.device
-    return fallback
 
 
 def _check_metric(name: str, metric) -> None:
@@ -61,8 +52,8 @@ def evaluate_reconstruction(
     was_training = tokenizer.training
     tokenizer.eval()
     device = next(tokenizer.parameters()).device
-    lpips_device = _module_device(lpips, device)
-    fid_device = _module_device(fid, device)
+    lpips_device = module_device(lpips, device)
+    fid_device = module_device(fid, device)
     psnrs, ssims, lpips_values, indices, count = [], [], [], [], 0
     fid_stats = None
     try:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .fid import GaussianStatistics, InceptionFeatures
+from .fid import GaussianStatistics, InceptionFeatures, module_device
 from .gather import gather_rows
 
 ADM_IMAGES_KEY = "arr_0"
@@ -99,13 +99,14 @@ class FIDReference:
         }
         if cache is not None and Path(cache).is_file():
             cached = cls.load(cache)
-            if cached.source == source and cached.features is not None:
+            request = {key: value for key, value in cached.source.items() if key != "num_images"}
+            if request == source and cached.features is not None:
                 return cached
         rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
         share = None if max_images is None else max_images // world + (1 if rank < max_images % world else 0)
         loader = make_dataloader(data, batch_size=batch_size, process_index=rank, num_processes=world)
         chunks, count = [], 0
-        device = inception.device
+        device = module_device(inception)
         for batch in tqdm(loader, desc="reference features", disable=rank != 0, unit="batch"):
             pixels = batch["pixel_values"]
             if share is not None:
@@ -117,7 +118,9 @@ class FIDReference:
         local = torch.cat(chunks) if chunks else torch.zeros(0, inception.num_features)
         features = gather_rows(accelerator, {"features": local})["features"]
         if features.shape[0] < 2:
-            raise ValueError(f"dataset {data.dataset!r} split {data.split!r} gave {features.shape[0]} images; need >= 2")
+            raise ValueError(
+                f"dataset {data.dataset!r} split {data.split!r} gave {features.shape[0]} images; need >= 2"
+            )
         source["num_images"] = int(features.shape[0])
         reference = cls(GaussianStatistics.from_features(features), features, source)
         if cache is not None and (accelerator is None or accelerator.is_main_process):
@@ -133,5 +136,5 @@ def _features_of_uint8_images(images: np.ndarray, inception: InceptionFeatures, 
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc="reference image features", unit="batch"):
         batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        chunks.append(inception(batch.to(inception.device)).float().cpu())
+        chunks.append(inception(batch.to(module_device(inception))).float().cpu())
     return torch.cat(chunks)
