@@ -215,8 +215,12 @@ def fid_metric(features: nn.Module | int = FEATURE_DIM, sync: bool = False) -> F
     (e.g. :class:`InceptionFeatures`, which takes images in [-1, 1]) or an int D for precomputed [N, D] features.
 
     The metric accumulates the feature sum, the sum of outer products and the count in float64 (memory O(D^2)
-    whatever the number of images) and computes ``|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2))`` with unbiased covariances. Real statistics
-    are kept across ``reset()`` (``reset_real_features=False``): one reference, many generators.
+    whatever the number of images) and computes ``|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^(1/2))`` with
+    unbiased covariances. Real statistics are kept across ``reset()`` (``reset_real_features=False``): one
+    reference, many generators. ``sync=True`` sums the states of all processes (``torch.distributed``) at
+    ``compute()``, for a metric that each process updated with its own images; the package itself gathers the
+    features first and keeps ``sync=False`` (syncing features that every process already holds would count them
+    once per process).
     """
     module = PrecomputedFeatures(features) if isinstance(features, int) else features
     if not isinstance(module, nn.Module):

@@ -1,11 +1,11 @@
 """The ``datasets`` stream of one process and the robust decode-and-augment stream on top of it.
 
-load_image_stream(config, rank, world)   datasets.IterableDataset, sharded per process, buffer-shuffled,
-                                         image column kept undecoded ({"bytes", "path"})
-RobustImageStream(stream, config, rank)  torch IterableDataset: decodes in our code (corrupt files skipped and
-                                         counted, odd modes converted to RGB and counted), then augments with
-                                         a per-process/worker/epoch seeded torch.Generator
-make_dataloader(...)                     torch DataLoader over the above (default collate)
+    load_image_stream(config, rank, world)   datasets.IterableDataset, sharded per process, buffer-shuffled,
+                                             image column kept undecoded ({"bytes", "path"})
+    RobustImageStream(stream, config, rank)  torch IterableDataset: decodes in our code (corrupt files skipped and
+                                             counted, odd modes converted to RGB and counted), then augments with
+                                             a per-process/worker/epoch seeded torch.Generator
+    make_dataloader(...)                     torch DataLoader over the above (default collate)
 """
 
 from __future__ import annotations
