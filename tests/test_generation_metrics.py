@@ -262,3 +262,29 @@ def test_cli_gfid_errors_and_model_card(digits, tmp_path, capsys, monkeypatch):
     assert values["fid"] == pytest.approx(result["gfid"], rel=1e-5) and "inception_score" not in values
     assert {"precision", "recall"} <= set(values)
     assert "model-index" in (card / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- evaluate modules
+def test_evaluate_modules_load_offline_and_agree(tmp_path, monkeypatch):
+    pytest.importorskip("evaluate")
+    from mergevq_hf.evaluation import fid_from_features, load_metric
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    generator = np.random.default_rng(0)
+    real, fake = generator.normal(size=(30, 6)), generator.normal(size=(20, 6)) + 0.3
+    fid = load_metric("fid").compute(predictions=fake, reference_features=real)["fid"]
+    assert fid == pytest.approx(fid_from_features(torch.from_numpy(fake), torch.from_numpy(real)), rel=1e-12)
+    GaussianStatistics.from_features(torch.from_numpy(real)).save_npz(tmp_path / "ref.npz")
+    from_npz = load_metric("fid").compute(predictions=fake, reference_npz=str(tmp_path / "ref.npz"))["fid"]
+    assert from_npz == pytest.approx(fid, rel=1e-9)
+    pr = load_metric("precision_recall").compute(predictions=fake, reference_features=real, k=2)
+    assert pr == precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=2)
+    logits = generator.normal(size=(20, 5)) * 3
+    score = load_metric("inception_score").compute(predictions=logits, splits=1)
+    assert score["inception_score"] == pytest.approx(inception_score(torch.from_numpy(logits), 1)[0], rel=1e-12)
+    with pytest.raises(ValueError, match="exactly one of reference_features or reference_npz"):
+        load_metric("fid").compute(predictions=fake)
+    from mergevq_hf.evaluation import evaluate_module_path
+
+    with pytest.raises(ValueError, match="evaluate module 'kid'; allowed"):
+        evaluate_module_path("kid")

@@ -26,6 +26,17 @@ def test_every_embedded_asset_is_package_data():
         assert {f"assets/{folder}/model_index.json", f"assets/{folder}/pipeline_mergevq.py"} <= names
 
 
+def test_evaluate_modules_are_package_data():
+    package = ROOT / "src/mergevq_hf"
+    globs = CONFIG["options"]["package_data"]["mergevq_hf"]
+    shipped = {path for pattern in globs for path in package.glob(pattern) if path.is_file()}
+    from mergevq_hf.evaluation import EVALUATE_MODULES, evaluate_module_path
+
+    for name in EVALUATE_MODULES:
+        script = evaluate_module_path(name) / f"mergevq_{name}.py"
+        assert script in shipped, f"{script} is not package data (evaluate could not load it from a wheel)"
+
+
 def test_lower_bounds_are_the_pinned_minimum_versions():
     from packaging.requirements import Requirement
     from packaging.version import Version
