@@ -1,6 +1,7 @@
 """Evaluation as the paper measures: reconstruction (PSNR, SSIM, LPIPS, rFID, codebook usage), generation (gFID,
 Inception Score, precision / recall) and representation (linear probing)."""
 
+from .evaluate_modules import EVALUATE_MODULES, evaluate_module_path, load_metric
 from .fid import (
     GaussianStatistics,
     InceptionFeatures,
@@ -11,7 +12,6 @@ from .fid import (
     frechet_distance,
     resolve_inception_weights,
 )
-from .evaluate_modules import EVALUATE_MODULES, evaluate_module_path, load_metric
 from .metrics import ssim
 from .reconstruction import codebook_usage, compute_rfid, evaluate_reconstruction
 
