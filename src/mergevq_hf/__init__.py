@@ -1,6 +1,12 @@
 """mergevq_hf: MergeVQ (CVPR 2025) in the Hugging Face ecosystem."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+)
 
 from .models.mergear import MergeARConfig, MergeARForCausalLM, MergePruningCache
 from .models.random_ar import RandomARConfig, RandomARForCausalLM
@@ -8,6 +14,7 @@ from .models.source_recovery import SourceRecoveryConfig, SourceRecoveryModel, S
 from .models.tokenizer import (
     MergeVQConfig,
     MergeVQEncoderOutput,
+    MergeVQForImageClassification,
     MergeVQImageProcessor,
     MergeVQModel,
     MergeVQModelOutput,
@@ -28,6 +35,8 @@ for _config, _model, _auto in (
     # (Auto*.from_pretrained(dir, trust_remote_code=True)) where mergevq_hf is not installed.
     _config.register_for_auto_class()
     _model.register_for_auto_class(_auto.__name__)
+AutoModelForImageClassification.register(MergeVQConfig, MergeVQForImageClassification, exist_ok=True)
+MergeVQForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 AutoImageProcessor.register(MergeVQConfig, slow_image_processor_class=MergeVQImageProcessor, exist_ok=True)
 MergeVQImageProcessor.register_for_auto_class()
 
@@ -37,6 +46,7 @@ __all__ = [
     "MergePruningCache",
     "MergeVQConfig",
     "MergeVQEncoderOutput",
+    "MergeVQForImageClassification",
     "MergeVQImageProcessor",
     "MergeVQModel",
     "MergeVQModelOutput",

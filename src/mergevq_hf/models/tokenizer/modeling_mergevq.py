@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_mergevq import MergeVQConfig
@@ -399,35 +400,7 @@ class MergeVQPreTrainedModel(PreTrainedModel):
             if hasattr(module, "cls_token"):
                 nn.init.normal_(module.cls_token, std=1e-6)
 
-
-class MergeVQModel(MergeVQPreTrainedModel):
-    """The MergeVQ tokenizer. Stateless: K is chosen per call and ``source`` is returned, not kept.
-
-    Example:
-        >>> tok = MergeVQModel(MergeVQConfig.from_preset("tiny"))
-        >>> enc = tok.encode(pixels, num_tokens=16)           # enc.indices [B,16], enc.source [B,L]
-        >>> images = tok.decode(tok.unmerge(enc.indices, enc.source))
-    """
-
-    def __init__(self, config: MergeVQConfig):
-        super().__init__(config)
-        self.encoder = MergeVQEncoder(config)
-        self.decoder = MergeVQDecoder(config)
-        self.post_init()
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' ``save_pretrained``, plus the matching :class:`MergeVQImageProcessor`
-        (``preprocessor_config.json``, size = ``config.resolution``), so ``AutoImageProcessor.from_pretrained``
-        works on every tokenizer folder."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            self.image_processor().save_pretrained(save_directory)
-
-    def image_processor(self) -> MergeVQImageProcessor:
-        """The image processor that feeds this tokenizer (resize + center-crop to its resolution, [-1, 1])."""
-        return MergeVQImageProcessor(size=self.config.resolution)
-
-    # ---------------------------------------------------------------- checks
+    # ---------------------------------------------------------------- shared by the tokenizer and the classifier
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor [B, C, H, W], got {type(pixel_values).__name__}")
@@ -475,6 +448,42 @@ class MergeVQModel(MergeVQPreTrainedModel):
         num_positions = self.config.num_positions
         return num_positions - max_removable(num_positions + 1, self.config.num_att_blocks)
 
+    def merge_schedule(self, num_tokens: int | None = None) -> list[int]:
+        """Tokens removed by each encoder block to keep ``num_tokens``."""
+        num_tokens = self._check_num_tokens(num_tokens)
+        return merge_schedule(
+            self.config.num_positions, num_tokens, self.config.num_att_blocks, self.config.merge_schedule
+        )
+
+
+class MergeVQModel(MergeVQPreTrainedModel):
+    """The MergeVQ tokenizer. Stateless: K is chosen per call and ``source`` is returned, not kept.
+
+    Example:
+        >>> tok = MergeVQModel(MergeVQConfig.from_preset("tiny"))
+        >>> enc = tok.encode(pixels, num_tokens=16)           # enc.indices [B,16], enc.source [B,L]
+        >>> images = tok.decode(tok.unmerge(enc.indices, enc.source))
+    """
+
+    def __init__(self, config: MergeVQConfig):
+        super().__init__(config)
+        self.encoder = MergeVQEncoder(config)
+        self.decoder = MergeVQDecoder(config)
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``, plus the matching :class:`MergeVQImageProcessor`
+        (``preprocessor_config.json``, size = ``config.resolution``), so ``AutoImageProcessor.from_pretrained``
+        works on every tokenizer folder."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.image_processor().save_pretrained(save_directory)
+
+    def image_processor(self) -> MergeVQImageProcessor:
+        """The image processor that feeds this tokenizer (resize + center-crop to its resolution, [-1, 1])."""
+        return MergeVQImageProcessor(size=self.config.resolution)
+
+    # ---------------------------------------------------------------- checks
     def _check_codes(self, codes: torch.Tensor, name: str) -> None:
         if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{name} must be an integer torch.Tensor, got {getattr(codes, 'dtype', type(codes))}")
@@ -485,13 +494,6 @@ class MergeVQModel(MergeVQPreTrainedModel):
             raise ValueError(f"{name} has values in [{int(codes.min())}, {int(codes.max())}]; allowed 0..{limit - 1}")
 
     # ---------------------------------------------------------------- API
-    def merge_schedule(self, num_tokens: int | None = None) -> list[int]:
-        """Tokens removed by each encoder block to keep ``num_tokens``."""
-        num_tokens = self._check_num_tokens(num_tokens)
-        return merge_schedule(
-            self.config.num_positions, num_tokens, self.config.num_att_blocks, self.config.merge_schedule
-        )
-
     def encode(self, pixel_values: torch.Tensor, num_tokens: int | None = None) -> MergeVQEncoderOutput:
         """Encode pixels [B, C, H, W] in [-1, 1] into ``num_tokens`` (K) merged LFQ tokens and their source."""
         self._check_pixels(pixel_values)
@@ -604,3 +606,60 @@ class MergeVQModel(MergeVQPreTrainedModel):
 
 
 __all__ = ["MergeVQModel", "MergeVQPreTrainedModel", "MergeVQEncoderOutput", "MergeVQModelOutput"]
+
+
+# --------------------------------------------------------------------------------------------------
+class MergeVQForImageClassification(MergeVQPreTrainedModel):
+    """The MergeVQ encoder with a classification head, for end-to-end fine-tuning (paper A.4, Table 1).
+
+    Logits come from the encoder's final CLS state (LayerNorm + linear); the encoder merges the tokens down to
+    ``num_tokens`` (K) as in the tokenizer. ``from_pretrained(tokenizer_folder, num_labels=C)`` takes the
+    tokenizer's encoder weights (the decoder is ignored) and starts a new head. The encoder's quantiser head and
+    alignment head (``norm_out``, ``conv_out``, ``dist_head``) do not reach the logits and are frozen.
+    ``labels``: class ids [B] or soft targets [B, C] (mixup / cutmix), both with cross-entropy.
+    ``group_matcher`` gives timm's layer-wise lr decay its layers: the CNN / patch stage, each attention block,
+    then the heads.
+    """
+
+    def __init__(self, config: MergeVQConfig):
+        super().__init__(config)
+        self.encoder = MergeVQEncoder(config)
+        width = config.encoder_width
+        self.fc_norm = nn.LayerNorm(width)
+        self.classifier = nn.Linear(width, config.num_labels)
+        for unused in (self.encoder.norm_out, self.encoder.conv_out, self.encoder.dist_head):
+            if unused is not None:
+                unused.requires_grad_(False)
+        self.post_init()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {
+            "stem": r"^encoder\.(?:conv_in|down|attn\.cls_token)",
+            "blocks": [(r"^encoder\.attn\.blocks\.(\d+)", None), (r"^(?:fc_norm|classifier|encoder\.)", (99999,))],
+        }
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_tokens: int | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        self._check_pixels(pixel_values)
+        _, _, _, cls_token = self.encoder(pixel_values, self.merge_schedule(num_tokens))
+        logits = self.classifier(self.fc_norm(cls_token))
+        loss = None
+        if labels is not None:
+            if labels.dim() == 2 and labels.shape == logits.shape and labels.is_floating_point():
+                loss = torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            elif labels.dim() == 1 and not labels.is_floating_point():
+                loss = F.cross_entropy(logits.float(), labels)
+            else:
+                raise ValueError(
+                    f"labels must be class ids [B] (integer) or soft targets [B, {logits.shape[1]}] (float), "
+                    f"got {tuple(labels.shape)} {labels.dtype}"
+                )
+        if return_dict is False:
+            return (logits,) if loss is None else (loss, logits)
+        return ImageClassifierOutput(loss=loss, logits=logits)

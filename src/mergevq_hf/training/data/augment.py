@@ -3,7 +3,9 @@ strong views of the alignment loss (Eq. 12; the strong view adds colour jitter, 
 
 from __future__ import annotations
 
+import functools
 import math
+import random
 
 import numpy as np
 import torch
@@ -126,8 +128,42 @@ def strong_augment(
     return x
 
 
+@functools.lru_cache(maxsize=8)
+def rand_augment_policy(policy: str, resolution: int):
+    """timm's RandAugment transform for a policy string such as ``"rand-m9-mstd0.5-inc1"`` (PIL in, PIL out)."""
+    if not isinstance(policy, str) or not policy.startswith("rand"):
+        raise ValueError(
+            f"rand_augment={policy!r}; allowed: None or a timm RandAugment policy like 'rand-m9-mstd0.5-inc1'"
+        )
+    from timm.data.auto_augment import rand_augment_transform
+
+    hparams = {"translate_const": int(resolution * 0.45), "img_mean": (124, 116, 104)}
+    try:
+        return rand_augment_transform(policy, hparams)
+    except (AssertionError, ValueError, KeyError) as error:
+        raise ValueError(f"rand_augment={policy!r} is not a timm RandAugment policy ({error})") from None
+
+
+def _rand_augment(image: Image.Image, config: DataConfig, generator: torch.Generator) -> Image.Image:
+    """RandAugment with the example's own randomness: timm draws from Python's ``random`` (and numpy's), so both
+    are seeded from ``generator`` for this call and restored afterwards."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    saved_random, saved_numpy = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        return rand_augment_policy(config.rand_augment, config.resolution)(image)
+    finally:
+        random.setstate(saved_random)
+        np.random.set_state(saved_numpy)
+
+
 def transform_example(image: Image.Image, config: DataConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """RGB PIL image -> {"pixel_values"[, "view_weak", "view_strong"]} tensors in [-1, 1]."""
+    """RGB PIL image -> {"pixel_values"[, "view_weak", "view_strong"]} tensors in [-1, 1] (``pixel_values`` from
+    the RandAugment-ed image when ``config.rand_augment`` is set; the alignment views from the original)."""
+    source = image
+    if config.rand_augment is not None:
+        image = _rand_augment(image, config, generator)
     width, height = image.size
     if config.crop == "center":
         pixel_values = pil_to_tensor(image, config.resolution)
@@ -138,6 +174,7 @@ def transform_example(image: Image.Image, config: DataConfig, generator: torch.G
         pixel_values = pixel_values.flip(-1)
     out = {"pixel_values": pixel_values}
     if config.alignment_views:
+        image = source
         views = []
         for strong in (False, True):
             box = random_resized_crop_box(width, height, config.view_crop_scale, config.crop_ratio, generator)

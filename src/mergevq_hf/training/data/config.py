@@ -67,6 +67,9 @@ class DataConfig:
     max_image_pixels: int | None = 89_478_485
     # Parquet only: one shard per row group instead of per file (more shards for processes x workers).
     reshard: bool = False
+    # timm RandAugment policy applied to pixel_values' source image (fine-tuning, A.4), e.g. "rand-m9-mstd0.5-inc1";
+    # None = off.
+    rand_augment: str | None = None
     # Extra keyword arguments for datasets.load_dataset (revision, token, cache_dir, data_files, ...).
     load_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -91,5 +94,9 @@ class DataConfig:
         self.crop_scale = _check_range("crop_scale", self.crop_scale, 0.0, 1.0)
         self.view_crop_scale = _check_range("view_crop_scale", self.view_crop_scale, 0.0, 1.0)
         self.crop_ratio = _check_range("crop_ratio", self.crop_ratio, 0.0, None)
+        if self.rand_augment is not None:
+            from .augment import rand_augment_policy
+
+            rand_augment_policy(self.rand_augment, self.resolution)  # a bad policy string fails here, not in a worker
         if not isinstance(self.load_kwargs, dict):
             raise TypeError(f"load_kwargs must be a dict, got {self.load_kwargs!r}")
