@@ -36,8 +36,7 @@ def scores(reference: FIDReference, features: torch.Tensor) -> dict:
 def random_code_features(tokenizer, inception, count: int, batch_size: int, grid: Path) -> torch.Tensor:
     """Images decoded from code maps whose L codes are drawn uniformly (image i from seed i)."""
     codebook = 2**tokenizer.config.code_dim
-    positions = tokenizer.config.num_positions if hasattr(tokenizer.config, "num_positions") else None
-    positions = positions or (tokenizer.config.resolution // 2 ** (len(tokenizer.config.ch_mult) - 1)) ** 2
+    positions = tokenizer.config.num_positions
     features, first = [], None
     for start in range(0, count, batch_size):
         codes = torch.stack(

@@ -84,3 +84,18 @@ def test_tokenizer_replicas_stay_identical(digits, tmp_path):
     ]
     rank0, rank1 = _launch_and_dump(tmp_path, "train_tokenizer.py", args)
     _assert_same_replicas(rank0, rank1)
+
+
+def test_finetune_classifier_replicas_stay_identical(digits, tmp_path):
+    """Fine-tuning (mixup / cutmix, RandAugment, layer-wise lr decay, drop path) is data parallel too."""
+    args = [
+        *("--dataset", str(digits), "--eval-split", "", "--batch-size", "4", "--max-steps", "3"),
+        *("--warmup-steps", "1", "--save-every", "100", "--log-every", "1", "--output-dir", str(tmp_path / "run")),
+    ]
+    rank0, rank1 = _launch_and_dump(tmp_path, "finetune_classifier.py", args)
+    _assert_same_replicas(rank0, rank1)
+    from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR
+
+    start = load_file(DEFAULT_PIPELINE_DIR / "tokenizer/model.safetensors")
+    changed = [k for k in rank0 if k in start and not torch.equal(rank0[k], start[k])]
+    assert any(".attn.blocks." in k for k in changed), "the encoder did not train"

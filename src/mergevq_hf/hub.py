@@ -17,6 +17,7 @@ KIND_BY_CLASS = {
     "MergeARForCausalLM": "mergear",
     "MergeVQPipeline": "pipeline",
     "SourceRecoveryModel": "source_recovery",
+    "MergeVQForImageClassification": "classifier",
 }
 
 

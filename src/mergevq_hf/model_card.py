@@ -18,6 +18,7 @@ TAGS = {
     "random_ar": ["mergevq", "random-order", "class-conditional-image-generation"],
     "pipeline": ["mergevq", "mergear", "class-conditional-image-generation", "pipeline"],
     "source_recovery": ["mergevq", "source-recovery"],
+    "classifier": ["mergevq", "image-classification", "fine-tuned"],
 }
 
 

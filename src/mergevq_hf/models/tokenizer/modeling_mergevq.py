@@ -323,6 +323,8 @@ class MergeVQEncoder(nn.Module):
             x, size, owner = block(x, size, owner, r, proportional=self.config.proportional_attention)
         cls_token, tokens = x[:, 0], x[:, 1:]
         sizes = torch.ones_like(tokens[..., 0], dtype=torch.long) if size is None else size[:, 1:, 0].round().long()
+        if self.conv_out is None:  # the encoder of MergeVQForImageClassification has no quantiser head
+            return None, owner - 1, sizes, cls_token
         # head: statistics over the K kept tokens (unweighted), then a per-token 1x1 conv
         h = F.silu(self.norm_out(tokens.transpose(1, 2)))
         latent = self.conv_out(h[..., None])[..., 0].transpose(1, 2)
@@ -614,8 +616,8 @@ class MergeVQForImageClassification(MergeVQPreTrainedModel):
 
     Logits come from the encoder's final CLS state (LayerNorm + linear); the encoder merges the tokens down to
     ``num_tokens`` (K) as in the tokenizer. ``from_pretrained(tokenizer_folder, num_labels=C)`` takes the
-    tokenizer's encoder weights (the decoder is ignored) and starts a new head. The encoder's quantiser head and
-    alignment head (``norm_out``, ``conv_out``, ``dist_head``) do not reach the logits and are frozen.
+    tokenizer's encoder weights (the decoder, the quantiser head and the alignment head are left out: they do not
+    reach the logits) and starts a new head.
     ``labels``: class ids [B] or soft targets [B, C] (mixup / cutmix), both with cross-entropy.
     ``group_matcher`` gives timm's layer-wise lr decay its layers: the CNN / patch stage, each attention block,
     then the heads.
@@ -627,9 +629,8 @@ class MergeVQForImageClassification(MergeVQPreTrainedModel):
         width = config.encoder_width
         self.fc_norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, config.num_labels)
-        for unused in (self.encoder.norm_out, self.encoder.conv_out, self.encoder.dist_head):
-            if unused is not None:
-                unused.requires_grad_(False)
+        # the quantiser head and the alignment head do not reach the logits: not part of this model
+        self.encoder.norm_out = self.encoder.conv_out = self.encoder.dist_head = None
         self.post_init()
 
     def group_matcher(self, coarse: bool = False) -> dict:

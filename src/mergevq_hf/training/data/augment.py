@@ -139,9 +139,19 @@ def rand_augment_policy(policy: str, resolution: int):
 
     hparams = {"translate_const": int(resolution * 0.45), "img_mean": (124, 116, 104)}
     try:
-        return rand_augment_transform(policy, hparams)
+        transform = rand_augment_transform(policy, hparams)
     except (AssertionError, ValueError, KeyError) as error:
         raise ValueError(f"rand_augment={policy!r} is not a timm RandAugment policy ({error})") from None
+    for op in transform.ops:
+        # timm maps the top / bottom magnitudes to posterize(0 bits), which Pillow >= 11 rejects ("bits must be
+        # between or equal to 1 and 8"; older Pillow returned a black image): keep at least 1 bit.
+        if "Posterize" in op.name:
+            op.aug_fn = functools.partial(_posterize_at_least_one_bit, op.aug_fn)
+    return transform
+
+
+def _posterize_at_least_one_bit(posterize, image: Image.Image, bits: int, **kwargs) -> Image.Image:
+    return posterize(image, max(1, int(bits)), **kwargs)
 
 
 def _rand_augment(image: Image.Image, config: DataConfig, generator: torch.Generator) -> Image.Image:
