@@ -158,7 +158,7 @@ def test_generate_features_balanced_seeded_and_batch_independent(pipe):
     rows = generate_features(pipe, 13, networks, batch_size=5, seed=7, keep_images=4)
     assert rows["index"].tolist() == list(range(13))
     assert rows["label"].tolist() == [i % 10 for i in range(13)]  # class balanced
-    assert rows["images"].shape == (4, 3, 32, 32) and rows["images"].dtype == torch.uint8
+    assert rows["images"].shape == (4, 32, 32, 3) and rows["images"].dtype == torch.uint8
     # image i depends only on (seed + i, class): another batching gives the same images
     again = generate_features(pipe, 13, networks, batch_size=13, seed=7)
     torch.testing.assert_close(again["features"], rows["features"])
@@ -166,7 +166,8 @@ def test_generate_features_balanced_seeded_and_batch_independent(pipe):
     subset = generate_features(pipe, 4, networks, batch_size=4, seed=7, class_labels=[3, "7"], keep_images=4)
     assert subset["label"].tolist() == [3, 7, 3, 7]
     direct = pipe(class_labels=[3], generator=[torch.Generator().manual_seed(7)], output_type="pt").images
-    torch.testing.assert_close(subset["images"][0], (direct[0].clamp(0, 1) * 255).round().to(torch.uint8))
+    expected = (direct[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+    torch.testing.assert_close(subset["images"][0], expected)
 
 
 def test_evaluate_generation_against_dataset_reference(pipe, digits, tmp_path):

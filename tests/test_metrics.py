@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.util
 import sys
 import types
@@ -415,3 +416,35 @@ def test_evaluate_reconstruction_with_inception(tiny_tokenizer, inception):
     result = evaluate_reconstruction(tiny_tokenizer, _batches(2, 2), num_tokens=9, fid=inception)
     assert result["num_images"] == 4
     assert np.isfinite(result["rfid"]) and result["rfid"] > 0
+
+
+def test_cli_eval_rfid_matches_the_api(inception, digits, tmp_path, capsys):
+    from huggingface_hub import ModelCard
+
+    from mergevq_hf.cli import main as cli_main
+    from mergevq_hf.defaults import default_tokenizer
+    from mergevq_hf.training.data import DataConfig, make_dataloader
+
+    card = tmp_path / "card"
+    card.mkdir()
+    args = ["eval", "rfid", "--dataset", str(digits), "--split", "test", "--batch-size", "4", "--max-images", "8"]
+    assert cli_main([*args, "--num-tokens", "16", "--model-card", str(card)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    config = DataConfig(
+        dataset=str(digits),
+        split="test",
+        label_column=None,
+        crop="center",
+        random_flip=False,
+        alignment_views=False,
+        shuffle=False,
+        resolution=32,
+    )
+    expected = evaluate_reconstruction(
+        default_tokenizer(), make_dataloader(config, batch_size=4), num_tokens=16, max_batches=2, fid=inception
+    )
+    assert result["num_images"] == 8 and result["settings"]["num_tokens"] == 16
+    assert result["rfid"] == pytest.approx(expected["rfid"], rel=1e-6)
+    assert result["psnr"] == pytest.approx(expected["psnr"], rel=1e-6)
+    values = {r.metric_type: r.metric_value for r in ModelCard.load(card / "README.md").data.eval_results}
+    assert values["rfid"] == pytest.approx(result["rfid"], rel=1e-5) and "lpips" not in values

@@ -17,6 +17,7 @@ from .models.tokenizer.image_processing_mergevq import (  # noqa: F401  (re-expo
     tensor_to_pil,
     tensor_to_uint8,
     to_rgb,
+    uint8_to_tensor,
 )
 
 ASSETS = Path(__file__).parent / "assets"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..image_utils import make_grid
+from ..image_utils import make_grid, tensor_to_uint8, uint8_to_tensor
 from .fid import GaussianStatistics, InceptionFeatures, frechet_distance
 from .gather import gather_indexed
 from .inception_score import NO_NETWORK_MESSAGE, LogitsNetwork, inception_score
@@ -53,7 +53,7 @@ def generate_features(
 ) -> dict[str, torch.Tensor]:
     """Generate images 0..num_images-1 (see the module docstring) and return, on every process and ordered by
     image index, ``{"index", "label", <name>: networks[name](images) for each network}`` plus ``"images"``
-    (uint8 [n, 3, H, W]) for the first ``keep_images`` images. ``sampling``: keyword arguments of the pipeline
+    (uint8 [n, H, W, 3]) for the first ``keep_images`` images. ``sampling``: keyword arguments of the pipeline
     call (``guidance_scale``, ``temperature``, ``top_k``, ``top_p``, ``num_tokens``, ``num_inference_steps``)."""
     _check_positive("num_images", num_images)
     _check_positive("batch_size", batch_size)
@@ -68,13 +68,13 @@ def generate_features(
         indices = mine[start : start + batch_size]
         labels = [classes[i % len(classes)] for i in indices]
         generators = [torch.Generator().manual_seed(seed + i) for i in indices]
-        images = pipe(class_labels=labels, generator=generators, output_type="pt", **sampling).images
-        pixels8 = (images.clamp(0, 1) * 255).round()
-        images = pixels8 / 127.5 - 1  # what a reader of the saved 8-bit PNGs would feed the network
+        images = pipe(class_labels=labels, generator=generators, output_type="pt", **sampling).images  # [0, 1]
+        pixels8 = tensor_to_uint8(images * 2 - 1)  # as saved in 8-bit PNGs, [B, H, W, 3]
+        images = uint8_to_tensor(pixels8)  # what a reader of those PNGs feeds the network
         rows["label"].append(torch.tensor(labels))
         for name, network in networks.items():
             rows[name].append(network(images).float().cpu())
-        for i, image in zip(indices, pixels8.to(torch.uint8).cpu()):
+        for i, image in zip(indices, torch.from_numpy(pixels8)):
             if i < keep_images:
                 kept.append(image)
                 kept_index.append(i)
@@ -83,7 +83,7 @@ def generate_features(
     local = {name: torch.cat(values) if values else torch.zeros(0) for name, values in rows.items()}
     gathered = gather_indexed(accelerator, torch.tensor(mine, dtype=torch.long), local)
     if keep_images:
-        images = torch.stack(kept) if kept else torch.zeros(0, dtype=torch.uint8)
+        images = torch.stack(kept) if kept else torch.zeros(0, 1, 1, 3, dtype=torch.uint8)
         gathered["images"] = gather_indexed(
             accelerator, torch.tensor(kept_index, dtype=torch.long), {"images": images}
         )["images"]
@@ -171,7 +171,7 @@ def evaluate_generation(
     result["seconds"] = round(seconds, 3)
     result["images_per_second"] = round(features.shape[0] / seconds, 3) if seconds > 0 else None
     if grid_path is not None and (accelerator is None or accelerator.is_main_process):
-        images = rows["images"].float() / 127.5 - 1
+        images = uint8_to_tensor(rows["images"])
         grid = make_grid(images, ncols=min(len(classes), 10))  # with all classes: a column per class
         Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
         grid.save(grid_path)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..image_utils import uint8_to_tensor
 from .fid import GaussianStatistics, InceptionFeatures, module_device
 from .gather import gather_rows
 
@@ -135,6 +136,6 @@ def _features_of_uint8_images(images: np.ndarray, inception: InceptionFeatures, 
         raise ValueError(f"reference images must be [N, H, W, 3] uint8, got {images.shape} {images.dtype}")
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc="reference image features", unit="batch"):
-        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        batch = uint8_to_tensor(images[start : start + batch_size])
         chunks.append(inception(batch.to(module_device(inception))).float().cpu())
     return torch.cat(chunks)

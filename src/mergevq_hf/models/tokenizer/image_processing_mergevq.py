@@ -61,6 +61,14 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     return array.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def uint8_to_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] (numpy or torch) -> float [B, 3, H, W] in [-1, 1]: the inverse of ``tensor_to_uint8``."""
+    array = torch.as_tensor(array)
+    if array.dtype != torch.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [B, H, W, 3], got {tuple(array.shape)} {array.dtype}")
+    return array.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in tensor_to_uint8(images)]
 
