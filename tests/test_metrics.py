@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import importlib
-import json
 import importlib.util
+import json
 import sys
 import types
 from pathlib import Path
