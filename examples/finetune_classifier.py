@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--layer-decay", type=float, default=0.75)
     p.add_argument("--drop-path", type=float, default=0.1)
     p.add_argument("--rand-augment", default="rand-m9-mstd0.5-inc1", help="timm policy; 'none' to disable")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
     p.add_argument("--shuffle-buffer", type=int, default=10_000, help="datasets' shuffle buffer (train stream)")
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0))
     p.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0 = off)")
@@ -85,7 +86,11 @@ def data_config(args, split: str, resolution: int, train: bool) -> DataConfig:
         return DataConfig(**common, crop="center", random_flip=False, shuffle=False)
     policy = None if args.rand_augment.lower() == "none" else args.rand_augment
     return DataConfig(
-        **common, crop_scale=tuple(args.crop_scale), rand_augment=policy, shuffle_buffer=args.shuffle_buffer
+        **common,
+        crop_scale=tuple(args.crop_scale),
+        rand_augment=policy,
+        shuffle_buffer=args.shuffle_buffer,
+        random_flip=not args.no_flip,
     )
 
 

@@ -97,3 +97,25 @@ def codes_dir(digits, tokenizer_dir, tmp_path_factory):
     argv += ["--sampler", "gaussian", "--base", "5", "--num-candidates", "3", "--batch-size", "16"]
     assert cli_main(argv) == 0
     return out
+
+
+def run_cli_one_and_two_processes(args: list[str], tmp_path) -> tuple[dict, dict]:
+    """``mergevq <args>`` as one process, then under ``accelerate launch`` as two CPU processes (gloo); the JSON
+    results (``--output-json``) of both runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    launch2 = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    results = []
+    for prefix, name in (([sys.executable], "one.json"), (launch2, "two.json")):
+        command = [*prefix, "-m", "mergevq_hf.cli", *args, "--output-json", str(tmp_path / name)]
+        run = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results.append(json.loads((tmp_path / name).read_text()))
+    return results[0], results[1]

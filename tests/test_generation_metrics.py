@@ -5,14 +5,12 @@ computations, gFID of a pipeline (class-balanced, seeds per image), reference st
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli_one_and_two_processes
 from mergevq_hf import MergeVQPipeline
 from mergevq_hf.cli import main as cli_main
 from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR
@@ -22,15 +20,6 @@ from mergevq_hf.evaluation.inception_score import LogitsNetwork, find_logits_net
 from mergevq_hf.evaluation.precision_recall import manifold_radii, precision_recall
 from mergevq_hf.evaluation.reference import FIDReference
 from mergevq_hf.training.data import DataConfig
-
-LAUNCH2 = [
-    *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
-    *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
-]
-
-
-def launch_env() -> dict:
-    return {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 # ---------------------------------------------------------------------------------------------- precision / recall
@@ -224,17 +213,7 @@ GFID_ARGS = ["eval", "gfid", "--num-images", "10", "--batch-size", "4", "--refer
 def test_cli_gfid_two_processes_equal_one(digits, tmp_path):
     _need_inception()
     args = [*GFID_ARGS, "--reference-dataset", str(digits)]
-    one, two = tmp_path / "one.json", tmp_path / "two.json"
-    env = launch_env()
-    single = subprocess.run(
-        [sys.executable, "-m", "mergevq_hf.cli", *args, "--output-json", str(one)], env=env, capture_output=True
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = subprocess.run(
-        [*LAUNCH2, "-m", "mergevq_hf.cli", *args, "--output-json", str(two)], env=env, capture_output=True
-    )
-    assert double.returncode == 0, double.stderr[-3000:]
-    first, second = json.loads(one.read_text()), json.loads(two.read_text())
+    first, second = run_cli_one_and_two_processes(args, tmp_path)
     assert second["settings"]["processes"] == 2 and first["settings"]["processes"] == 1
     assert second["gfid"] == pytest.approx(first["gfid"], rel=1e-6) and first["gfid"] > 0
     assert (second["precision"], second["recall"]) == (first["precision"], first["recall"])

@@ -4,13 +4,10 @@ giving the same accuracy."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from conftest import run_cli_one_and_two_processes
 from mergevq_hf import MergeVQModel
 from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR
 from mergevq_hf.evaluation.linear_probe import (
@@ -21,7 +18,6 @@ from mergevq_hf.evaluation.linear_probe import (
     train_linear_probe,
 )
 from mergevq_hf.training.data import DataConfig
-from test_generation_metrics import LAUNCH2, launch_env
 
 PROBE = LinearProbeConfig(epochs=90, batch_size=256, lr=1e-3)
 
@@ -104,17 +100,7 @@ def test_trained_tokenizer_beats_random_init(all_digits, trained_tokenizer):
 def test_cli_probe_two_processes_equal_one(digits, tmp_path):
     args = ["eval", "probe", "--dataset", str(digits), "--eval-split", "test", "--feature", "tokens"]
     args += ["--epochs", "30", "--probe-batch-size", "32", "--warmup-epochs", "3", "--batch-size", "16"]
-    one, two = tmp_path / "one.json", tmp_path / "two.json"
-    env = launch_env()
-    single = subprocess.run(
-        [sys.executable, "-m", "mergevq_hf.cli", *args, "--output-json", str(one)], env=env, capture_output=True
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = subprocess.run(
-        [*LAUNCH2, "-m", "mergevq_hf.cli", *args, "--output-json", str(two)], env=env, capture_output=True
-    )
-    assert double.returncode == 0, double.stderr[-3000:]
-    first, second = json.loads(one.read_text()), json.loads(two.read_text())
+    first, second = run_cli_one_and_two_processes(args, tmp_path)
     assert (first["processes"], second["processes"]) == (1, 2)
     for key in ("top1", "top5", "train_top1", "num_train", "num_eval", "steps"):
         assert first[key] == second[key], key
