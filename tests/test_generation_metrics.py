@@ -268,3 +268,31 @@ def test_evaluate_modules_load_offline_and_agree(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="evaluate module 'kid'; allowed"):
         evaluate_module_path("kid")
+
+
+# ---------------------------------------------------------------------------------------------- gathers
+def test_gathers_order_rows_whatever_the_process_count(monkeypatch):
+    """gather_indexed / sort_by_content give one order for any split of the rows over processes, and a process
+    without rows (more processes than images) contributes nothing."""
+    import accelerate.utils
+
+    from mergevq_hf.evaluation.gather import gather_indexed, gather_rows, sort_by_content
+
+    class TwoProcesses:
+        num_processes, process_index = 2, 0
+
+    features = torch.randn(5, 3)
+    parts = []  # what each process holds: rank 0 rows 0, 2, 4; rank 1 rows 1, 3
+    for rank in (0, 1):
+        index = torch.arange(rank, 5, 2)
+        parts.append({"index": index, "features": features[index]})
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda local: parts)
+    rows = gather_indexed(TwoProcesses(), parts[0]["index"], {"features": parts[0]["features"]})
+    assert rows["index"].tolist() == list(range(5))
+    torch.testing.assert_close(rows["features"], features)
+    parts[:] = [{"features": features}, {"features": torch.zeros(0)}]  # rank 1 got no rows
+    assert torch.equal(gather_rows(TwoProcesses(), {"features": features})["features"], features)
+    shuffled = {"features": features[torch.tensor([3, 0, 4, 1, 2])], "label": torch.tensor([3, 0, 4, 1, 2])}
+    ordered = sort_by_content({"features": features, "label": torch.arange(5)}, "features")
+    again = sort_by_content(shuffled, "features")
+    assert torch.equal(ordered["label"], again["label"]) and torch.equal(ordered["features"], again["features"])

@@ -156,7 +156,7 @@ class InceptionFeatures(nn.Module):
                 )
         try:
             with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the shipped file is TorchScript
-                warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated", DeprecationWarning)
+                warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated")  # Deprecation- or FutureWarning
                 network = torch.jit.load(str(weights), map_location="cpu")
         except (RuntimeError, ValueError) as error:
             raise ValueError(f"{str(weights)!r} is not a TorchScript file ({error})") from error

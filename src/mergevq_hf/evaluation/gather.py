@@ -14,15 +14,20 @@ def _world(accelerator) -> tuple[int, int]:
 
 def gather_rows(accelerator, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Concatenate every process's ``rows`` ({name: [n_p, ...] CPU tensors}, the same names and trailing shapes on
-    all processes; n_p may differ) on every process, in rank order. Without an accelerator (or with one process)
-    the rows are returned as they are."""
+    all processes; n_p may differ, and a process with n_p = 0 may hold any empty placeholder) on every process, in
+    rank order. Without an accelerator (or with one process) the rows are returned as they are."""
     _, world = _world(accelerator)
     if world == 1:
         return rows
     from accelerate.utils import gather_object
 
     parts = gather_object([{name: value.cpu() for name, value in rows.items()}])
-    return {name: torch.cat([part[name] for part in parts]) for name in rows}
+    gathered = {}
+    for name in rows:
+        # a process that got no rows (more processes than items) may hold a placeholder of another shape
+        filled = [part[name] for part in parts if part[name].shape[0] > 0]
+        gathered[name] = torch.cat(filled) if filled else parts[0][name]
+    return gathered
 
 
 def gather_indexed(accelerator, indices: torch.Tensor, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ class LogitsNetwork(nn.Module):
         super().__init__()
         try:
             with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript
-                warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated", DeprecationWarning)
+                warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated")  # Deprecation- or FutureWarning
                 self.network = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError) as error:
             raise ValueError(f"{str(path)!r} is not a TorchScript file ({error})") from error

@@ -116,7 +116,7 @@ class FIDReference:
                 break
             chunks.append(inception(pixels.to(device)).float().cpu())
             count += pixels.shape[0]
-        local = torch.cat(chunks) if chunks else torch.zeros(0, inception.num_features)
+        local = torch.cat(chunks) if chunks else torch.zeros(0)
         features = gather_rows(accelerator, {"features": local})["features"]
         if features.shape[0] < 2:
             raise ValueError(
