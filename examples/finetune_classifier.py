@@ -135,17 +135,7 @@ def main(argv=None):
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing, num_classes=classes
         )
     rank, world = accelerator.process_index, accelerator.num_processes
-    # its own generator: creating the loader's iterator (again after a resume) must not draw from the global RNG
-    loader_generator = torch.Generator().manual_seed(args.seed)
-    loader = make_dataloader(
-        train_config,
-        args.batch_size,
-        rank,
-        world,
-        num_workers=args.num_workers,
-        drop_last=True,
-        generator=loader_generator,
-    )
+    loader = make_dataloader(train_config, args.batch_size, rank, world, num_workers=args.num_workers, drop_last=True)
     model, optimizer = accelerator.prepare(model, optimizer)  # the loader is sharded already: not prepared
     state = TrainingState()
     register_for_checkpointing(accelerator, training=state)

@@ -234,6 +234,9 @@ def make_dataloader(
     _check_int("num_workers", num_workers, 0)
     stream = load_image_stream(config, process_index=process_index, num_processes=num_processes)
     dataset = RobustImageStream(stream, config, process_index=process_index, num_processes=num_processes)
+    # The loader's own generator: creating an iterator (each epoch, and again after a resume) draws a seed from it,
+    # not from the global torch RNG, so a resumed run's later global draws (dropout, drop path, ...) stay in step.
+    dataloader_kwargs.setdefault("generator", torch.Generator().manual_seed(config.seed))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **dataloader_kwargs)
 
 
