@@ -75,6 +75,7 @@ def test_probe_protocol_pieces():
         (dict(epochs=0), "epochs must be an int >= 1"),
         (dict(lr=float("nan")), "lr must be a finite number"),
         (dict(warmup_epochs=20, epochs=20), r"warmup_epochs \(20\) must be < epochs"),
+        (dict(epochs=1), r"warmup_epochs \(10\) must be < epochs \(1\)"),
     ):
         with pytest.raises(ValueError, match=match):
             LinearProbeConfig(**bad)
