@@ -1,9 +1,13 @@
-"""Collecting per-process evaluation rows on every process, in an order that does not depend on the process
-count (so a metric computed after the gather equals the one-process result)."""
+"""Per-process evaluation work on a ``datasets`` split and collecting its rows on every process, in an order that
+does not depend on the process count (so a metric computed after the gather equals the one-process result)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import torch
+from tqdm.auto import tqdm
 
 
 def _world(accelerator) -> tuple[int, int]:
@@ -45,3 +49,39 @@ def sort_by_content(rows: dict[str, torch.Tensor], key: str) -> dict[str, torch.
     projection = torch.randn(values.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     order = (values @ projection).argsort(stable=True)
     return {name: value[order] for name, value in rows.items()}
+
+
+@torch.no_grad()
+def featurize_split(
+    data,
+    featurize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 64,
+    max_images: int | None = None,
+    accelerator=None,
+    desc: str = "features",
+) -> dict[str, torch.Tensor]:
+    """``{"features": [N, D] float32, "label": [N]}`` of a ``datasets`` split (``data``: a ``DataConfig``, read
+    with a center crop, no flips, no alignment views, no shuffle): each process runs ``featurize`` (CPU images
+    [B, 3, R, R] in [-1, 1] -> [B, D]) on at most ``max_images`` images of its shard (None: all of it), then
+    every process gets all rows in rank order (see :func:`sort_by_content` for an order independent of the
+    process count)."""
+    from ..training.data import make_dataloader
+
+    data = replace(data, crop="center", random_flip=False, alignment_views=False, shuffle=False)
+    rank, world = _world(accelerator)
+    features, labels, count = [], [], 0
+    loader = make_dataloader(data, batch_size=batch_size, process_index=rank, num_processes=world)
+    for batch in tqdm(loader, desc=f"{desc} ({data.split})", unit="batch", disable=rank != 0):
+        pixels, label = batch["pixel_values"], batch["label"]
+        if max_images is not None:
+            pixels, label = pixels[: max_images - count], label[: max_images - count]
+            if pixels.shape[0] == 0:
+                break
+        features.append(featurize(pixels).float().cpu())
+        labels.append(label.long())
+        count += pixels.shape[0]
+    local = {
+        "features": torch.cat(features) if features else torch.zeros(0),
+        "label": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+    }
+    return gather_rows(accelerator, local)

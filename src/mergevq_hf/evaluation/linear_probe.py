@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .gather import gather_rows, sort_by_content
+from .gather import featurize_split, sort_by_content
 
 FEATURE_KINDS = ("cls", "tokens")
 
@@ -53,41 +53,23 @@ def extract_features(
     """``{"features": [N, D] float32, "label": [N]}`` of a labelled ``datasets`` split (``data``: a
     ``DataConfig``; center crop at the tokenizer's resolution, no flips, no views), gathered from all processes
     on every process, in a canonical order. ``max_images``: at most this many per process (None: all)."""
-    from ..training.data import make_dataloader
-
     if data.label_column is None:
         raise ValueError("linear probing needs labels: give the dataset's label column (label_column)")
-    data = replace(
-        data,
-        crop="center",
-        random_flip=False,
-        alignment_views=False,
-        shuffle=False,
-        resolution=tokenizer.config.resolution,
-    )
-    rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    data = replace(data, resolution=tokenizer.config.resolution)
     device = next(tokenizer.parameters()).device
     was_training = tokenizer.training
     tokenizer.eval()
-    features, labels, count = [], [], 0
-    loader = make_dataloader(data, batch_size=batch_size, process_index=rank, num_processes=world)
     try:
-        for batch in tqdm(loader, desc=f"features ({data.split})", unit="batch", disable=rank != 0):
-            pixels, label = batch["pixel_values"], batch["label"]
-            if max_images is not None:
-                pixels, label = pixels[: max_images - count], label[: max_images - count]
-                if pixels.shape[0] == 0:
-                    break
-            features.append(tokenizer_features(tokenizer, pixels.to(device), feature, num_tokens).float().cpu())
-            labels.append(label.long())
-            count += pixels.shape[0]
+        rows = featurize_split(
+            data,
+            lambda pixels: tokenizer_features(tokenizer, pixels.to(device), feature, num_tokens),
+            batch_size,
+            max_images,
+            accelerator,
+        )
     finally:
         tokenizer.train(was_training)
-    local = {
-        "features": torch.cat(features) if features else torch.zeros(0, 0),
-        "label": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
-    }
-    rows = sort_by_content(gather_rows(accelerator, local), "features")
+    rows = sort_by_content(rows, "features")
     if rows["features"].shape[0] == 0:
         raise ValueError(f"dataset {data.dataset!r} split {data.split!r} yielded no images")
     if (rows["label"] < 0).any():

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..image_utils import uint8_to_tensor
 from .fid import GaussianStatistics, InceptionFeatures, module_device
-from .gather import gather_rows
+from .gather import featurize_split
 
 ADM_IMAGES_KEY = "arr_0"
 
@@ -83,8 +83,6 @@ class FIDReference:
         is read when its recorded source matches and written (by the main process, atomically) otherwise."""
         from dataclasses import replace
 
-        from ..training.data import make_dataloader
-
         data = replace(data, crop="center", random_flip=False, alignment_views=False, shuffle=False)
         if max_images is not None and (
             isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2
@@ -105,19 +103,10 @@ class FIDReference:
                 return cached
         rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
         share = None if max_images is None else max_images // world + (1 if rank < max_images % world else 0)
-        loader = make_dataloader(data, batch_size=batch_size, process_index=rank, num_processes=world)
-        chunks, count = [], 0
         device = module_device(inception)
-        for batch in tqdm(loader, desc="reference features", disable=rank != 0, unit="batch"):
-            pixels = batch["pixel_values"]
-            if share is not None:
-                pixels = pixels[: share - count]
-            if pixels.shape[0] == 0:
-                break
-            chunks.append(inception(pixels.to(device)).float().cpu())
-            count += pixels.shape[0]
-        local = torch.cat(chunks) if chunks else torch.zeros(0)
-        features = gather_rows(accelerator, {"features": local})["features"]
+        features = featurize_split(
+            data, lambda pixels: inception(pixels.to(device)), batch_size, share, accelerator, "reference features"
+        )["features"]
         if features.shape[0] < 2:
             raise ValueError(
                 f"dataset {data.dataset!r} split {data.split!r} gave {features.shape[0]} images; need >= 2"
