@@ -110,11 +110,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert_official_checkpoint
+    from .convert import convert_official
 
-    model = convert_official_checkpoint(args.checkpoint, args.config, args.output, use_ema=not args.no_ema)
+    model = convert_official(args.checkpoint, args.config, args.output, use_ema=not args.no_ema)
     n_params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"output": str(args.output), "ema": not args.no_ema, "parameters": n_params}))
+    kind = type(model).__name__
+    print(json.dumps({"output": str(args.output), "model": kind, "ema": not args.no_ema, "parameters": n_params}))
     return 0
 
 
@@ -424,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", "-o", default="generated.png", help="output PNG grid (default: %(default)s)")
     gen.set_defaults(func=_generate)
 
-    conv = sub.add_parser("convert-official", help="official Lightning checkpoint + YAML -> save_pretrained folder")
+    conv = sub.add_parser(
+        "convert-official",
+        help="official Lightning checkpoint + YAML -> save_pretrained folder (tokenizer, or stage-2 GPT generator)",
+    )
     conv.add_argument("checkpoint", help="official .ckpt (loaded with weights_only=True) or .safetensors state dict")
     conv.add_argument("--config", required=True, help="the official LightningCLI YAML of that checkpoint")
     conv.add_argument("--output", required=True, help="output folder")

@@ -10,9 +10,10 @@ from transformers import PreTrainedConfig
 
 # LlamaGen sizes (B / L / XL) with the official stage-2 code space: 18 LFQ bits split 6 + 12.
 PRESETS: dict[str, dict] = {
-    "mergear-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
-    "mergear-l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
-    "mergear-xl": dict(hidden_size=1280, num_hidden_layers=36, num_attention_heads=20),
+    # next-sub-token prediction with the official 2 intra-token blocks
+    "mergear-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, factorized_num_layers=2),
+    "mergear-l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, factorized_num_layers=2),
+    "mergear-xl": dict(hidden_size=1280, num_hidden_layers=36, num_attention_heads=20, factorized_num_layers=2),
     # tiny models for tests: 8-bit codes (plain head) or 8 bits split 3 + 5, 8x8 grid, 10 classes
     "tiny": dict(
         hidden_size=64,
@@ -32,6 +33,16 @@ PRESETS: dict[str, dict] = {
         num_positions=64,
         num_classes=10,
     ),
+    "tiny-subtoken": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        code_dim=8,
+        factorized_bits=[3, 5],
+        factorized_num_layers=2,
+        num_positions=64,
+        num_classes=10,
+    ),
 }
 
 
@@ -43,8 +54,16 @@ class MergeARConfig(PreTrainedConfig):
 
     Args:
         code_dim: LFQ bits; codes are in [0, 2**code_dim).
-        factorized_bits: split of the code bits (least significant first) into independently predicted
-            factors, e.g. ``[6, 12]`` as the official stage 2; empty for one plain head over all codes.
+        factorized_bits: split of the code bits (least significant first) into factors, e.g. ``[6, 12]`` as the
+            official stage 2 (factor 0 = ``idx_pre`` = the 6 low bits); empty for one plain head over all codes.
+        factorized_num_layers: 0 (default, folders saved before this field): the factors are predicted
+            independently, p(code) = p(f0) p(f1). N > 0: next-sub-token prediction of the official stage 2 (two
+            factors): N more decoder blocks run over ``[h_t, embedding_0(f0)]`` per position, slot 0 predicts f0
+            and slot 1 predicts f1 given f0. The ``mergear-b/l/xl`` presets use the official 2.
+        merge_instruction: True (MergeAR): the prompt is ``[class, K]``; False: ``[class]`` only (the official
+            stage 2 / LlamaGen layout).
+        zero_start_rotary: the start tokens' rotary rows are zeros (cos = sin = 0, so their queries and keys are
+            zeroed, as the official code and LlamaGen do); False (MergeAR): start tokens are not rotated.
         num_positions: L, codes per image (a square grid).
         num_classes: class labels; id ``num_classes`` is the null class used for classifier-free guidance.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: LLaMA decoder sizes
@@ -77,6 +96,9 @@ class MergeARConfig(PreTrainedConfig):
     class_dropout_prob: float = 0.1
     label_smoothing: float = 0.1
     prune_duplicates: bool = True
+    factorized_num_layers: int = 0
+    merge_instruction: bool = True
+    zero_start_rotary: bool = False
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
@@ -88,6 +110,11 @@ class MergeARConfig(PreTrainedConfig):
         if self.factorized_bits and (sum(self.factorized_bits) != self.code_dim or min(self.factorized_bits) < 1):
             raise ValueError(
                 f"factorized_bits={self.factorized_bits} must be positive and sum to code_dim={self.code_dim}"
+            )
+        if self.factorized_num_layers < 0 or (self.factorized_num_layers and len(self.factorized_bits) != 2):
+            raise ValueError(
+                f"factorized_num_layers={self.factorized_num_layers} with factorized_bits={self.factorized_bits}: "
+                "allowed 0, or N > 0 with exactly two factors (next-sub-token prediction)"
             )
         side = math.isqrt(self.num_positions)
         if side * side != self.num_positions:
@@ -124,11 +151,11 @@ class MergeARConfig(PreTrainedConfig):
 
     @property
     def num_start_tokens(self) -> int:
-        return 2
+        return 2 if self.merge_instruction else 1
 
     @property
     def total_vocab_size(self) -> int:
-        """Codes, then class ids (incl. null), then merge instructions K = 0..L."""
+        """Codes, then class ids (incl. null), then merge instructions K = 0..L (ids kept without them)."""
         return self.vocab_size_codes + self.num_classes + 1 + self.num_positions + 1
 
 

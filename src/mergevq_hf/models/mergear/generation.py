@@ -106,27 +106,41 @@ def sample(
     return (filtered + generators.gumbel(logits.shape[-1])).argmax(-1)
 
 
-def _guided(factor_logits, guidance_scale: float, batch: int):
-    if guidance_scale == 1.0 or factor_logits[0].shape[0] == batch:
-        return [logit[:batch] for logit in factor_logits]
-    return [logit[batch:] + guidance_scale * (logit[:batch] - logit[batch:]) for logit in factor_logits]
+def _guided(logit: torch.Tensor, guidance_scale: float, batch: int) -> torch.Tensor:
+    if guidance_scale == 1.0 or logit.shape[0] == batch:
+        return logit[:batch]
+    return logit[batch:] + guidance_scale * (logit[:batch] - logit[batch:])
 
 
-def _sample_code(model, factor_logits, guidance_scale, batch, temperature, top_k, top_p, noise):
-    """Sample each factor (filters apply per factor) and assemble the code."""
-    code, offset = 0, 0
-    for bits, logit in zip(model.factor_bits, _guided(factor_logits, guidance_scale, batch)):
-        code = code + (sample(logit[:, -1], temperature, top_k, top_p, noise) << offset)
+def sample_code(model, hidden, guidance_scale, batch, temperature=1.0, top_k=0, top_p=1.0, noise=None):
+    """hidden [R, m, C] (decoder output before the final norm; R = B, or 2B with the null-class half) -> codes
+    [B, m]. Factor by factor, least significant first: guidance, filters and sampling apply per factor, and with
+    next-sub-token prediction each factor is scored given the factors already sampled (the same values for the
+    conditional and the null-class rows, as the official sampler does)."""
+    code, offset, prefix = 0, 0, []
+    for bits in model.factor_bits:
+        logit = _guided(model.sub_token_logits(hidden, tuple(prefix)), guidance_scale, batch).float()
+        m, vocab = logit.shape[1], logit.shape[2]
+        if temperature == 0:
+            part = logit.argmax(-1)
+        else:
+            if not isinstance(noise, SampleNoise):
+                noise = SampleNoise(noise, batch, logit.device)
+            filtered = filter_logits(logit / temperature, top_k, top_p)
+            part = (filtered + noise.gumbel(m * vocab).view(batch, m, vocab)).argmax(-1)
+        prefix.append(part.repeat(hidden.shape[0] // batch, 1))
+        code = code + (part << offset)
         offset += bits
     return code
 
 
-def prefill(model, prompt_ids: torch.Tensor, cache: MergePruningCache):
-    return model(input_ids=prompt_ids, cache=cache, logits_to_keep=1, output_joint_logits=False).factor_logits
+def prefill(model, prompt_ids: torch.Tensor, cache: MergePruningCache) -> torch.Tensor:
+    return model(input_ids=prompt_ids, cache=cache, logits_to_keep=1, output_factor_logits=False).last_hidden_state
 
 
-def decode_one_token(model, codes: torch.Tensor, cache: MergePruningCache):
-    return model(input_ids=codes[:, None], cache=cache, logits_to_keep=1, output_joint_logits=False).factor_logits
+def decode_one_token(model, codes: torch.Tensor, cache: MergePruningCache) -> torch.Tensor:
+    out = model(input_ids=codes[:, None], cache=cache, logits_to_keep=1, output_factor_logits=False)
+    return out.last_hidden_state
 
 
 @torch.no_grad()
@@ -178,14 +192,14 @@ def generate_codes(
             step = torch.compile(step, fullgraph=True, **compile_options)
         positions = torch.arange(start, start + num_positions, device=prompt.device)
     codes = torch.empty(batch, num_positions, dtype=torch.long, device=prompt.device)
-    factor_logits = prefill(model, prompt, cache)
+    hidden = prefill(model, prompt, cache)
     steps = range(num_positions)
     for j in progress(steps) if progress is not None else steps:
-        codes[:, j] = _sample_code(model, factor_logits, guidance_scale, batch, temperature, top_k, top_p, noise)
+        codes[:, j] = sample_code(model, hidden, guidance_scale, batch, temperature, top_k, top_p, noise)[:, -1]
         if j + 1 < num_positions:
             fed = codes[:, j] if guidance_scale == 1.0 else codes[:, j].repeat(2)
             if step is None:
-                factor_logits = decode_one_token(model, fed, cache)
+                hidden = decode_one_token(model, fed, cache)
             else:
-                factor_logits = step(fed[:, None], positions[j : j + 1], cache)
+                hidden = step(fed[:, None], positions[j : j + 1], cache)
     return codes

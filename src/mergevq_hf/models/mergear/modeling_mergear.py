@@ -51,13 +51,19 @@ class MergeARCausalLMOutput(ModelOutput):
     logits [B, T', V]: raw logits of a plain head; for factorised heads the log-probabilities of the joint code
     distribution (V = 2**code_dim), computed only when asked (``output_joint_logits=True``, as ``generate()``
     does), never in training; only the last ``logits_to_keep`` positions when set.
-    factor_logits: one [B, T', 2**bits] tensor per factor (what training and ``generate_codes`` use).
+    factor_logits: one [B, T', 2**bits] tensor per factor. With next-sub-token prediction
+    (``factorized_num_layers > 0``) factor 1 at position t is conditioned on factor 0 of the code at t + 1 (teacher
+    forcing on ``input_ids``), and on the argmax of factor 0 where no code follows (the last position); None with
+    ``labels`` (training reads the loss) or ``output_factor_logits=False``.
+    last_hidden_state [B, T', C]: the decoder output before the final norm at the kept positions, what
+    :meth:`MergeARForCausalLM.sub_token_logits` reads (``generate_codes`` samples factor by factor from it).
     cache: the ``MergePruningCache`` holding this sequence's keys/values (the field is ``past_key_values`` on
     transformers < 5.24, where ``.cache`` reads it)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     factor_logits: tuple[torch.FloatTensor, ...] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
     if CACHE_NAME == "cache":
         cache: MergePruningCache | None = None
     else:  # pragma: no cover (exercised in the minimum-versions environment)
@@ -81,7 +87,8 @@ class RMSNorm(nn.Module):
 
 class Rotary2D(nn.Module):
     """2D rotary embedding over the token grid: half of each head's pairs rotate with the row, half with
-    the column. Start tokens (logical positions < 2) are not rotated."""
+    the column. Start tokens (the logical positions before the codes) are not rotated, or zeroed
+    (``config.zero_start_rotary``: cos = sin = 0, the official stage 2 / LlamaGen table)."""
 
     def __init__(self, config: MergeARConfig):
         super().__init__()
@@ -97,8 +104,11 @@ class Rotary2D(nn.Module):
         grid = torch.arange(config.num_positions)
         rows, cols = grid // config.grid_size, grid % config.grid_size
         angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=-1)  # [L, head_dim/2]
-        angles = torch.cat([torch.zeros(config.num_start_tokens, 2 * quarter, dtype=torch.float64), angles])
-        return angles.cos().float(), angles.sin().float()
+        start = torch.zeros(config.num_start_tokens, 2 * quarter, dtype=torch.float64)
+        cos, sin = torch.cat([start.cos(), angles.cos()]), torch.cat([start.sin(), angles.sin()])
+        if config.zero_start_rotary:
+            cos[: config.num_start_tokens] = 0.0
+        return cos.float(), sin.float()
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [T] logical -> cos, sin [T, head_dim/2]."""
@@ -164,6 +174,20 @@ class MergeARDecoderLayer(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
+def sub_token_pass(layers, rotary, hidden: torch.Tensor, prefix_embeds: torch.Tensor) -> torch.Tensor:
+    """The intra-token (next-sub-token) pass of the official stage 2: per position, the short causal sequence
+    ``[h, e_0, ..., e_{P-1}]`` through ``layers``. hidden [..., C]; prefix_embeds [..., P, C] (embeddings of the
+    factors already chosen); rotary: (cos, sin) [>= 1 + P, D/2] rows of the slots -> [..., 1 + P, C]."""
+    x = torch.cat([hidden.unsqueeze(-2), prefix_embeds.to(hidden.dtype)], dim=-2)
+    lead, slots = x.shape[:-2], x.shape[-2]
+    x = x.reshape(-1, slots, x.shape[-1])
+    cos, sin = rotary
+    mask = torch.ones(slots, slots, dtype=torch.bool, device=x.device).tril()
+    for layer in layers:
+        x = layer(x, (cos[:slots], sin[:slots]), mask)
+    return x.reshape(*lead, slots, x.shape[-1])
+
+
 class MergeARPreTrainedModel(PreTrainedModel):
     config_class = MergeARConfig
     config: MergeARConfig
@@ -206,6 +230,10 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         self.token_dropout = nn.Dropout(config.token_dropout)
         self.rotary = Rotary2D(config)
         self.layers = nn.ModuleList(MergeARDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        # next-sub-token prediction (official stage 2): blocks over [h_t, embedding_0(f0)]; empty = independent heads
+        self.sub_token_layers = nn.ModuleList(
+            MergeARDecoderLayer(config, i) for i in range(config.factorized_num_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.heads = nn.ModuleList(nn.Linear(config.hidden_size, 2**bits, bias=False) for bits in self.factor_bits)
         self.post_init()
@@ -226,7 +254,8 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ ids of the start tokens
     def prompt_ids(self, class_labels, num_tokens) -> torch.LongTensor:
-        """[B, 2] start tokens: class (``num_classes`` = null class) and merge instruction K."""
+        """[B, 2] start tokens: class (``num_classes`` = null class) and merge instruction K; [B, 1] (the class)
+        without merge instructions (``config.merge_instruction=False``, where K only sizes caches)."""
         cfg = self.config
         device = self.class_embedding.weight.device
         labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
@@ -236,6 +265,8 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         if counts.numel() and (counts.min() < 1 or counts.max() > cfg.num_positions):
             raise ValueError(f"num_tokens must be in 1..{cfg.num_positions}, got {counts.tolist()}")
         base = cfg.vocab_size_codes
+        if not cfg.merge_instruction:
+            return (base + labels)[:, None]
         return torch.stack([base + labels, base + cfg.num_classes + 1 + counts], dim=1)
 
     def build_inputs(self, codes_L: torch.Tensor, class_labels, num_tokens) -> torch.LongTensor:
@@ -283,7 +314,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
     def _merge_counts(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """K of each row when ``input_ids`` starts with a prompt (class token, merge-instruction token), else None."""
         cfg = self.config
-        if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        if not cfg.merge_instruction or input_ids.dim() != 2 or input_ids.shape[1] < 2:
             return None
         counts = input_ids[:, 1] - (cfg.vocab_size_codes + cfg.num_classes + 1)
         valid = bool(((counts >= 1) & (counts <= cfg.num_positions)).all())
@@ -292,8 +323,8 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
     def static_decode_step(
         self, input_ids: torch.LongTensor, position: torch.LongTensor, cache: MergePruningCache
     ) -> tuple[torch.Tensor, ...]:
-        """One token per row on a cache from ``new_cache(static=True)`` after its prompt step: the factor logits
-        [B, 1, V_f] of the next code. Static shapes, no host reads, no data-dependent Python branches and no input
+        """One token per row on a cache from ``new_cache(static=True)`` after its prompt step: the decoder output
+        [B, 1, C] before the final norm (:meth:`sub_token_logits` turns it into factor logits). Static shapes, no host reads, no data-dependent Python branches and no input
         checks, so ``torch.compile(self.static_decode_step, fullgraph=True, mode="reduce-overhead")`` captures it
         whole (CUDA graphs on a GPU). ``input_ids`` [B, 1]; ``position`` [1]: the token's logical position."""
         cache.plan_static_step(self._codes_of(input_ids))
@@ -302,8 +333,55 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         for layer in self.layers:
             hidden = layer(hidden, rotary, None, cache)
         cache.finish_static_step()
-        hidden = self.norm(hidden)
-        return tuple(head(hidden) for head in self.heads)
+        return hidden
+
+    # ------------------------------------------------------------------ output heads
+    def _sub_token_rotary(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary rows of the intra-token slots: the first start token's row, then the first grid position's (the
+        official ``freqs_cis[:2]``)."""
+        start = self.config.num_start_tokens
+        return self.rotary.cos[[0, start]], self.rotary.sin[[0, start]]
+
+    def sub_token_logits(self, hidden: torch.Tensor, prefix: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """Logits [..., 2**bits_i] of factor i = ``len(prefix)`` of the code each position predicts.
+
+        hidden [..., C]: decoder output before the final norm (``last_hidden_state``, :meth:`static_decode_step`);
+        prefix: the values [...] of the factors before i. Independent heads ignore ``prefix``."""
+        index = len(prefix)
+        if not self.sub_token_layers:
+            return self.heads[index](self.norm(hidden))
+        embeds = [self.tok_embeddings[j](prefix[j]) for j in range(index)]
+        prefix_embeds = torch.stack(embeds, dim=-2) if embeds else hidden.unsqueeze(-2)[..., :0, :]
+        out = sub_token_pass(self.sub_token_layers, self._sub_token_rotary(), hidden, prefix_embeds)
+        return self.heads[index](self.norm(out[..., index, :]))
+
+    def factor_logits_of(self, hidden: torch.Tensor, next_codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All factor logits at once. next_codes [...]: the code each position predicts (teacher forcing for
+        factor 1), negative where unknown (factor 0's argmax is used there)."""
+        if not self.sub_token_layers:
+            normed = self.norm(hidden)
+            return tuple(head(normed) for head in self.heads)
+        known = next_codes >= 0
+        first = self._split_codes(next_codes.clamp_min(0))[0]
+        if not bool(known.all()):
+            first = torch.where(known, first, self.sub_token_logits(hidden).argmax(-1))
+        out = sub_token_pass(
+            self.sub_token_layers, self._sub_token_rotary(), hidden, self.tok_embeddings[0](first).unsqueeze(-2)
+        )
+        normed = self.norm(out)
+        return tuple(head(normed[..., i, :]) for i, head in enumerate(self.heads))
+
+    def joint_log_probs_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log p(code) [..., 2**code_dim] of the code each position predicts (code = f0 + f1 << bits_0). With
+        next-sub-token prediction factor 1 is scored once for every value of factor 0."""
+        if not self.sub_token_layers:
+            return self.joint_log_probs(self.factor_logits_of(hidden, hidden.new_zeros(hidden.shape[:-1]).long()))
+        first_values = 2 ** self.factor_bits[0]
+        log_first = torch.log_softmax(self.sub_token_logits(hidden).float(), dim=-1)  # [..., n0]
+        expanded = hidden.unsqueeze(-2).expand(*hidden.shape[:-1], first_values, hidden.shape[-1])
+        values = torch.arange(first_values, device=hidden.device).expand(expanded.shape[:-1])
+        log_second = torch.log_softmax(self.sub_token_logits(expanded, (values,)).float(), dim=-1)  # [..., n0, n1]
+        return (log_second + log_first[..., None]).transpose(-1, -2).flatten(-2)
 
     # ------------------------------------------------------------------ pieces
     def _split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
@@ -347,7 +425,8 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
         if start + input_ids.shape[1] > cfg.num_start_tokens + cfg.num_positions:
             raise ValueError(
-                f"sequence of {start + input_ids.shape[1]} tokens exceeds 2 start tokens + L={cfg.num_positions} codes"
+                f"sequence of {start + input_ids.shape[1]} tokens exceeds {cfg.num_start_tokens} start tokens + "
+                f"L={cfg.num_positions} codes"
             )
         if not bool(((input_ids >= 0) & (input_ids < cfg.total_vocab_size)).all()):  # one host read
             raise ValueError(f"input_ids must be in 0..{cfg.total_vocab_size - 1}")
@@ -361,6 +440,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         output_joint_logits: bool | None = None,
+        output_factor_logits: bool = True,
         attention_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
         past_key_values: MergePruningCache | None = None,
@@ -374,7 +454,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         labels [B, T] (-100 = ignore) are shifted inside. output_joint_logits: also return the joint
         log-probabilities over all 2**code_dim codes (factorised heads; [B, T', 2**code_dim] floats); default:
         only when decoding with a cache and no labels (generation, including transformers' CFG branch), never
-        in training.
+        in training. output_factor_logits: False skips the heads (``last_hidden_state`` only; the sampler's path).
         attention_mask: only all-ones is accepted (MergeAR sequences have no padding).
         """
         cache = _cache_argument(cache, past_key_values, "MergeARForCausalLM.forward")
@@ -402,30 +482,40 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             hidden = layer(hidden, rotary, mask, cache)
         if cache is not None:
             cache.finish_step()
-        hidden = self.norm(hidden)
+        keep = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
 
-        loss = None
-        if labels is not None:  # the heads run once over all positions; the loss reads the shifted slice
-            all_logits = [head(hidden) for head in self.heads]
+        loss, factor_logits, logits = None, None, None
+        if labels is not None:
             targets = labels[:, 1:]
             valid = targets != -100
-            parts = self._split_codes(torch.where(valid, targets, torch.zeros_like(targets)))
+            safe = torch.where(valid, targets, torch.zeros_like(targets))
+            parts = self._split_codes(safe)
             smoothing = self.config.label_smoothing if self.training else 0.0
+            if self.sub_token_layers:  # teacher forcing: factor 1 reads the target's factor 0
+                all_logits = self.factor_logits_of(hidden[:, :-1], safe)
+            else:  # the heads run once over all positions; the loss reads the shifted slice
+                all_logits = self.factor_logits_of(hidden, codes)
+                factor_logits = tuple(logit[:, -logits_to_keep:] if logits_to_keep else logit for logit in all_logits)
+                all_logits = tuple(logit[:, :-1] for logit in all_logits)
             loss = sum(
-                F.cross_entropy(logit[:, :-1][valid], part[valid], label_smoothing=smoothing)
+                F.cross_entropy(logit[valid], part[valid], label_smoothing=smoothing)
                 for logit, part in zip(all_logits, parts)
             )
-            factor_logits = tuple(logit[:, -logits_to_keep:] if logits_to_keep else logit for logit in all_logits)
-        else:
-            keep = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-            factor_logits = tuple(head(keep) for head in self.heads)
-        if len(factor_logits) == 1:
-            logits = factor_logits[0]
+        elif output_factor_logits:
+            next_codes = torch.full_like(codes, -1)
+            next_codes[:, :-1] = codes[:, 1:]
+            next_codes = next_codes[:, -logits_to_keep:] if logits_to_keep else next_codes
+            factor_logits = self.factor_logits_of(keep, next_codes)
+        if len(self.factor_bits) == 1:
+            logits = factor_logits[0] if factor_logits is not None else self.sub_token_logits(keep)
         else:
             if output_joint_logits is None:
                 output_joint_logits = cache is not None and labels is None
-            logits = self.joint_log_probs(factor_logits) if output_joint_logits else None
-        return MergeARCausalLMOutput(loss=loss, logits=logits, factor_logits=factor_logits, **{CACHE_NAME: cache})
+            if output_joint_logits:
+                logits = self.joint_log_probs_of(keep)
+        return MergeARCausalLMOutput(
+            loss=loss, logits=logits, factor_logits=factor_logits, last_hidden_state=keep, **{CACHE_NAME: cache}
+        )
 
     @staticmethod
     def joint_log_probs(factor_logits) -> torch.Tensor:
@@ -473,6 +563,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
             "attention_mask": attention_mask if cache is None else None,  # checked once (first step), no sync after
             "logits_to_keep": 1,
             "output_joint_logits": True,
+            "output_factor_logits": False,
         }
 
     def null_prompt_like(self, input_ids: torch.LongTensor) -> torch.LongTensor:
@@ -484,7 +575,9 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """``GenerationMixin.generate`` with MergeAR's defaults: a ``MergePruningCache`` is built when none is
         given, and ``guidance_scale != 1`` runs the null-class prompt (``null_prompt_like(input_ids)``) as the
-        unconditional branch; under greedy decoding this gives the same codes as ``generate_codes``."""
+        unconditional branch. It samples from the exact joint code distribution (``joint_log_probs_of``); under greedy
+        decoding it gives the same codes as ``generate_codes`` for independent heads (with next-sub-token prediction
+        greedy here is the joint argmax, ``generate_codes`` takes the argmax factor by factor)."""
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         config = generation_config or self.generation_config
         length_given = "max_new_tokens" in kwargs or "max_length" in kwargs
