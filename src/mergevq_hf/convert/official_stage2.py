@@ -111,7 +111,9 @@ def _block_weights(official: dict, prefix: str, ours: str, dim: int) -> dict:
         if rest.endswith("attention.wqkv.weight"):
             head = rest[: -len("wqkv.weight")]
             q, k, v = value.split([dim, (value.shape[0] - dim) // 2, (value.shape[0] - dim) // 2])
-            out.update({f"{ours}{head}q_proj.weight": q, f"{ours}{head}k_proj.weight": k, f"{ours}{head}v_proj.weight": v})
+            out.update(
+                {f"{ours}{head}q_proj.weight": q, f"{ours}{head}k_proj.weight": k, f"{ours}{head}v_proj.weight": v}
+            )
         elif rest.endswith("attention.wo.weight"):
             out[f"{ours}{rest[: -len('wo.weight')]}o_proj.weight"] = value
         else:
@@ -156,7 +158,9 @@ def convert_official_stage2_checkpoint(
     weights["merge_embedding.weight"] = torch.zeros_like(expected["merge_embedding.weight"])  # unused: no K token
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: weights do not match the YAML: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{checkpoint}: weights do not match the YAML: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True)
     model.eval()
     if output_dir is not None:
