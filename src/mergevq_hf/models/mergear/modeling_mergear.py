@@ -326,7 +326,8 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         """One token per row on a cache from ``new_cache(static=True)`` after its prompt step: the decoder output
         [B, 1, C] before the final norm (:meth:`sub_token_logits` turns it into factor logits). Static shapes, no
         host reads, no data-dependent Python branches and no input checks, so
-        ``torch.compile(self.static_decode_step, fullgraph=True, mode="reduce-overhead")`` captures it whole (CUDA graphs on a GPU).
+        ``torch.compile(self.static_decode_step, fullgraph=True, mode="reduce-overhead")``
+        captures it whole (CUDA graphs on a GPU).
         ``input_ids`` [B, 1]; ``position`` [1]: the token's logical position."""
         cache.plan_static_step(self._codes_of(input_ids))
         rotary = self.rotary(position)
