@@ -37,7 +37,10 @@ def config_from_official_yaml(path: str | Path, **overrides) -> MergeVQConfig:
         raw = yaml.safe_load(f)
     args = _model_section(raw)
     if "ddconfig" not in args:
-        raise ValueError(f"{path}: no model.init_args.ddconfig section; is this a MergeVQ tokenizer config?")
+        raise ValueError(
+            f"{path}: no model.init_args.ddconfig (tokenizer) or model.init_args.transformer_config (stage-2 "
+            "generator) section; is this an official MergeVQ config?"
+        )
     dd = args["ddconfig"]
     num_res_blocks = dd.get("num_res_blocks", 2)
     if isinstance(num_res_blocks, list):
