@@ -150,7 +150,10 @@ def test_generate_features_balanced_seeded_and_batch_independent(pipe):
     assert rows["images"].shape == (4, 32, 32, 3) and rows["images"].dtype == torch.uint8
     # image i depends only on (seed + i, class): another batching gives the same images
     again = generate_features(pipe, 13, networks, batch_size=13, seed=7)
-    torch.testing.assert_close(again["features"], rows["features"])
+    # the decoder's float output differs across batch sizes in the last bits, so a pixel on a rounding boundary
+    # may land one 8-bit level apart (seen: 2 pixels of one 8x8 cell, 1.2e-4 in its mean); another code would
+    # move whole cells by far more than one level
+    torch.testing.assert_close(again["features"], rows["features"], atol=1 / 255, rtol=0)
     # a class subset cycles through the given classes; images are the pipeline's own output (8-bit rounded)
     subset = generate_features(pipe, 4, networks, batch_size=4, seed=7, class_labels=[3, "7"], keep_images=4)
     assert subset["label"].tolist() == [3, 7, 3, 7]
