@@ -115,7 +115,8 @@ def _convert(args: argparse.Namespace) -> int:
     model = convert_official(args.checkpoint, args.config, args.output, use_ema=not args.no_ema)
     n_params = sum(p.numel() for p in model.parameters())
     kind = type(model).__name__
-    print(json.dumps({"output": str(args.output), "model": kind, "ema": not args.no_ema, "parameters": n_params}))
+    ema = not args.no_ema if kind == "MergeVQModel" else None  # the official stage 2 keeps no EMA copy
+    print(json.dumps({"output": str(args.output), "model": kind, "ema": ema, "parameters": n_params}))
     return 0
 
 
