@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
 from mergevq_hf import MergeVQConfig, RandomARForCausalLM, SourceRecoveryConfig, SourceRecoveryModel
-from mergevq_hf.models.random_ar.generation import SampleNoise, _sample_codes
+from mergevq_hf.models.mergear.generation import SampleNoise, sample_code
 from mergevq_hf.models.tokenizer.lfq import indices_to_codes
 from mergevq_hf.training.codes import load_codes, pad_tokens
 from mergevq_hf.training.loop import TrainingLoop
@@ -96,9 +96,9 @@ def generator_codes(generator: RandomARForCausalLM, tokens, positions, counts, l
     body = torch.stack([torch.full_like(tokens, cfg.position_instruction_id), tokens], 2).flatten(1)
     ids = torch.cat([generator.prompt_ids(labels, counts), body], 1)
     pos = torch.cat([torch.full((batch, 2), -1, device=tokens.device), positions.repeat_interleave(2, 1)], 1)
-    logits = generator(input_ids=ids, positions=pos).factor_logits
-    at_instructions = tuple(logit[:, cfg.num_start_tokens :: 2] for logit in logits)  # [B, Kmax, V_f]
-    return _sample_codes(generator, at_instructions, 1.0, batch, 1.0, 0, 1.0, SampleNoise(None, batch, tokens.device))
+    hidden = generator(input_ids=ids, positions=pos, output_factor_logits=False).last_hidden_state
+    at_instructions = hidden[:, cfg.num_start_tokens :: 2]  # [B, Kmax, C]
+    return sample_code(generator, at_instructions, 1.0, batch, 1.0, 0, 1.0, SampleNoise(None, batch, tokens.device))
 
 
 def main(argv=None):

@@ -32,6 +32,7 @@ COPIES = list(_copies())
 def test_the_known_copies_are_marked():
     names = {param.id for param in COPIES}
     expected = {"random_ar.RMSNorm", "random_ar.apply_rotary", "random_ar.SwiGLU"}
+    expected |= {"random_ar.sub_token_pass", "random_ar.FactorizedHeadsMixin"}
     expected |= {"source_recovery.DropPath", "source_recovery.Mlp"}
     assert expected <= names, sorted(expected - names)
 

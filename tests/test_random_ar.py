@@ -167,8 +167,9 @@ def test_bad_arguments():
         model(input_ids=torch.zeros(1, 131, dtype=torch.long), positions=torch.zeros(1, 131, dtype=torch.long))
 
 
-def test_save_load_and_remote_code(tmp_path):
-    model = _model("tiny-factorized")
+@pytest.mark.parametrize("preset", ["tiny-factorized", "tiny-subtoken"])
+def test_save_load_and_remote_code(tmp_path, preset):
+    model = _model(preset)
     counts = torch.zeros(65, 64)
     counts[8, 30:50] = 1.0
     model.set_position_prior(counts)

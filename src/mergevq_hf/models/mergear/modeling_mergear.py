@@ -188,6 +188,71 @@ def sub_token_pass(layers, rotary, hidden: torch.Tensor, prefix_embeds: torch.Te
     return x.reshape(*lead, slots, x.shape[-1])
 
 
+class FactorizedHeadsMixin:
+    """Output heads over codes split into factors (``factor_bits``, least significant first): independent heads,
+    or next-sub-token prediction when ``sub_token_layers`` is not empty (the official stage 2: factor 1 is scored
+    given factor 0 by an intra-token pass). The model provides ``factor_bits``, ``tok_embeddings``,
+    ``sub_token_layers``, ``norm``, ``heads`` and ``_sub_token_rotary()``; hidden states are the decoder output
+    before the final norm."""
+
+    def sub_token_logits(self, hidden: torch.Tensor, prefix: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """Logits [..., 2**bits_i] of factor i = ``len(prefix)`` of the code each position predicts.
+
+        hidden [..., C]: decoder output before the final norm (the output's ``last_hidden_state``); prefix: the
+        values [...] of the factors before i. Independent heads ignore ``prefix``."""
+        index = len(prefix)
+        if not self.sub_token_layers:
+            return self.heads[index](self.norm(hidden))
+        embeds = [self.tok_embeddings[j](prefix[j]) for j in range(index)]
+        prefix_embeds = torch.stack(embeds, dim=-2) if embeds else hidden.unsqueeze(-2)[..., :0, :]
+        out = sub_token_pass(self.sub_token_layers, self._sub_token_rotary(), hidden, prefix_embeds)
+        return self.heads[index](self.norm(out[..., index, :]))
+
+    def factor_logits_of(self, hidden: torch.Tensor, next_codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All factor logits at once. next_codes [...]: the code each position predicts (teacher forcing for
+        factor 1), negative where unknown (factor 0's argmax is used there)."""
+        if not self.sub_token_layers:
+            normed = self.norm(hidden)
+            return tuple(head(normed) for head in self.heads)
+        known = next_codes >= 0
+        first = self._split_codes(next_codes.clamp_min(0))[0]
+        if not bool(known.all()):
+            first = torch.where(known, first, self.sub_token_logits(hidden).argmax(-1))
+        out = sub_token_pass(
+            self.sub_token_layers, self._sub_token_rotary(), hidden, self.tok_embeddings[0](first).unsqueeze(-2)
+        )
+        normed = self.norm(out)
+        return tuple(head(normed[..., i, :]) for i, head in enumerate(self.heads))
+
+    def joint_log_probs_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log p(code) [..., 2**code_dim] of the code each position predicts (code = f0 + f1 << bits_0). With
+        next-sub-token prediction factor 1 is scored once for every value of factor 0."""
+        if not self.sub_token_layers:
+            return self.joint_log_probs(self.factor_logits_of(hidden, hidden.new_zeros(hidden.shape[:-1]).long()))
+        first_values = 2 ** self.factor_bits[0]
+        log_first = torch.log_softmax(self.sub_token_logits(hidden).float(), dim=-1)  # [..., n0]
+        expanded = hidden.unsqueeze(-2).expand(*hidden.shape[:-1], first_values, hidden.shape[-1])
+        values = torch.arange(first_values, device=hidden.device).expand(expanded.shape[:-1])
+        log_second = torch.log_softmax(self.sub_token_logits(expanded, (values,)).float(), dim=-1)  # [..., n0, n1]
+        return (log_second + log_first[..., None]).transpose(-1, -2).flatten(-2)
+
+    def _split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        parts, offset = [], 0
+        for bits in self.factor_bits:
+            parts.append((codes >> offset) & (2**bits - 1))
+            offset += bits
+        return parts
+
+    @staticmethod
+    def joint_log_probs(factor_logits) -> torch.Tensor:
+        """Independent factors -> log p(code) [..., V] with code = sum_i factor_i << offset_i."""
+        joint = None
+        for logit in factor_logits:  # least significant factor first
+            logp = torch.log_softmax(logit.float(), dim=-1)
+            joint = logp if joint is None else (logp[..., :, None] + joint[..., None, :]).flatten(-2)
+        return joint
+
+
 class MergeARPreTrainedModel(PreTrainedModel):
     config_class = MergeARConfig
     config: MergeARConfig
@@ -210,7 +275,7 @@ class MergeARPreTrainedModel(PreTrainedModel):
             module.sin.copy_(sin)
 
 
-class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
+class MergeARForCausalLM(FactorizedHeadsMixin, MergeARPreTrainedModel, GenerationMixin):
     """Class-conditional raster-order generator over MergeVQ code maps ``codes_L`` [B, L].
 
     Training: ``loss = model(**model.training_inputs(codes_L, class_labels, num_tokens)).loss`` (through the
@@ -344,55 +409,7 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         start = self.config.num_start_tokens
         return self.rotary.cos[[0, start]], self.rotary.sin[[0, start]]
 
-    def sub_token_logits(self, hidden: torch.Tensor, prefix: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
-        """Logits [..., 2**bits_i] of factor i = ``len(prefix)`` of the code each position predicts.
-
-        hidden [..., C]: decoder output before the final norm (``last_hidden_state``, :meth:`static_decode_step`);
-        prefix: the values [...] of the factors before i. Independent heads ignore ``prefix``."""
-        index = len(prefix)
-        if not self.sub_token_layers:
-            return self.heads[index](self.norm(hidden))
-        embeds = [self.tok_embeddings[j](prefix[j]) for j in range(index)]
-        prefix_embeds = torch.stack(embeds, dim=-2) if embeds else hidden.unsqueeze(-2)[..., :0, :]
-        out = sub_token_pass(self.sub_token_layers, self._sub_token_rotary(), hidden, prefix_embeds)
-        return self.heads[index](self.norm(out[..., index, :]))
-
-    def factor_logits_of(self, hidden: torch.Tensor, next_codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """All factor logits at once. next_codes [...]: the code each position predicts (teacher forcing for
-        factor 1), negative where unknown (factor 0's argmax is used there)."""
-        if not self.sub_token_layers:
-            normed = self.norm(hidden)
-            return tuple(head(normed) for head in self.heads)
-        known = next_codes >= 0
-        first = self._split_codes(next_codes.clamp_min(0))[0]
-        if not bool(known.all()):
-            first = torch.where(known, first, self.sub_token_logits(hidden).argmax(-1))
-        out = sub_token_pass(
-            self.sub_token_layers, self._sub_token_rotary(), hidden, self.tok_embeddings[0](first).unsqueeze(-2)
-        )
-        normed = self.norm(out)
-        return tuple(head(normed[..., i, :]) for i, head in enumerate(self.heads))
-
-    def joint_log_probs_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        """log p(code) [..., 2**code_dim] of the code each position predicts (code = f0 + f1 << bits_0). With
-        next-sub-token prediction factor 1 is scored once for every value of factor 0."""
-        if not self.sub_token_layers:
-            return self.joint_log_probs(self.factor_logits_of(hidden, hidden.new_zeros(hidden.shape[:-1]).long()))
-        first_values = 2 ** self.factor_bits[0]
-        log_first = torch.log_softmax(self.sub_token_logits(hidden).float(), dim=-1)  # [..., n0]
-        expanded = hidden.unsqueeze(-2).expand(*hidden.shape[:-1], first_values, hidden.shape[-1])
-        values = torch.arange(first_values, device=hidden.device).expand(expanded.shape[:-1])
-        log_second = torch.log_softmax(self.sub_token_logits(expanded, (values,)).float(), dim=-1)  # [..., n0, n1]
-        return (log_second + log_first[..., None]).transpose(-1, -2).flatten(-2)
-
     # ------------------------------------------------------------------ pieces
-    def _split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
-        parts, offset = [], 0
-        for bits in self.factor_bits:
-            parts.append((codes >> offset) & (2**bits - 1))
-            offset += bits
-        return parts
-
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         base = cfg.vocab_size_codes
@@ -518,15 +535,6 @@ class MergeARForCausalLM(MergeARPreTrainedModel, GenerationMixin):
         return MergeARCausalLMOutput(
             loss=loss, logits=logits, factor_logits=factor_logits, last_hidden_state=keep, **{CACHE_NAME: cache}
         )
-
-    @staticmethod
-    def joint_log_probs(factor_logits) -> torch.Tensor:
-        """Independent factors -> log p(code) [..., V] with code = sum_i factor_i << offset_i."""
-        joint = None
-        for logit in factor_logits:  # least significant factor first
-            logp = torch.log_softmax(logit.float(), dim=-1)
-            joint = logp if joint is None else (logp[..., :, None] + joint[..., None, :]).flatten(-2)
-        return joint
 
     def training_inputs(self, codes_L: torch.Tensor, class_labels, num_tokens) -> dict[str, torch.Tensor]:
         """Keyword arguments of ``forward`` for the training loss: ``input_ids`` (prompt + codes) and ``labels``

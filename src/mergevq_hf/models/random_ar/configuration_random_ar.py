@@ -8,11 +8,12 @@ from dataclasses import field
 
 from transformers import PreTrainedConfig
 
-# LlamaGen body sizes as MergeAR's presets (18 bits as 6 + 12); tiny ones for tests.
+# LlamaGen body sizes as MergeAR's presets (18 bits as 6 + 12, next-sub-token prediction with the official 2
+# intra-token blocks); tiny ones for tests.
 PRESETS: dict[str, dict] = {
-    "random-ar-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
-    "random-ar-l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
-    "random-ar-xl": dict(hidden_size=1280, num_hidden_layers=36, num_attention_heads=20),
+    "random-ar-b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, factorized_num_layers=2),
+    "random-ar-l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, factorized_num_layers=2),
+    "random-ar-xl": dict(hidden_size=1280, num_hidden_layers=36, num_attention_heads=20, factorized_num_layers=2),
     "tiny": dict(
         hidden_size=64,
         num_hidden_layers=2,
@@ -31,6 +32,16 @@ PRESETS: dict[str, dict] = {
         num_positions=64,
         num_classes=10,
     ),
+    "tiny-subtoken": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        code_dim=8,
+        factorized_bits=[3, 5],
+        factorized_num_layers=2,
+        num_positions=64,
+        num_classes=10,
+    ),
 }
 
 
@@ -44,8 +55,12 @@ class RandomARConfig(PreTrainedConfig):
 
     Args:
         code_dim: LFQ bits; codes are in [0, 2**code_dim).
-        factorized_bits: split of the code bits (least significant first) into independently predicted factors,
-            e.g. ``[6, 12]``; empty for one plain head.
+        factorized_bits: split of the code bits (least significant first) into factors, e.g. ``[6, 12]``; empty
+            for one plain head.
+        factorized_num_layers: 0 (default, folders saved before this field): the factors are predicted
+            independently. N > 0: next-sub-token prediction (official stage 2, two factors): N more decoder blocks
+            run over ``[h, embedding_0(f0)]`` at every position instruction, slot 0 predicts f0 and slot 1 predicts
+            f1 given f0. The ``random-ar-b/l/xl`` presets use the official 2.
         num_positions: L, positions of the token grid (a square); K <= L tokens are generated.
         num_classes: class labels; id ``num_classes`` is the null class (classifier-free guidance).
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: LLaMA decoder sizes
@@ -60,6 +75,7 @@ class RandomARConfig(PreTrainedConfig):
 
     code_dim: int = 18
     factorized_bits: list[int] = field(default_factory=lambda: [6, 12])
+    factorized_num_layers: int = 0
     num_positions: int = 256
     num_classes: int = 1000
     hidden_size: int = 768
@@ -85,6 +101,11 @@ class RandomARConfig(PreTrainedConfig):
         if self.factorized_bits and (sum(self.factorized_bits) != self.code_dim or min(self.factorized_bits) < 1):
             raise ValueError(
                 f"factorized_bits={self.factorized_bits} must be positive and sum to code_dim={self.code_dim}"
+            )
+        if self.factorized_num_layers < 0 or (self.factorized_num_layers and len(self.factorized_bits) != 2):
+            raise ValueError(
+                f"factorized_num_layers={self.factorized_num_layers} with factorized_bits={self.factorized_bits}: "
+                "allowed 0, or N > 0 with exactly two factors (next-sub-token prediction)"
             )
         side = math.isqrt(self.num_positions)
         if side * side != self.num_positions:

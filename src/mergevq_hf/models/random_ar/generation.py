@@ -27,7 +27,7 @@ import torch
 from transformers import DynamicCache
 from transformers.utils import ModelOutput
 
-from ..mergear.generation import SampleNoise, filter_logits
+from ..mergear.generation import SampleNoise, sample_code
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
 
@@ -78,25 +78,6 @@ def sample_positions(model, num_tokens: int, noise: SampleNoise) -> torch.LongTe
     chosen = scores.topk(num_tokens, dim=1).indices
     order = noise.uniform(num_tokens).argsort(dim=1)
     return chosen.gather(1, order)
-
-
-def _sample_codes(model, factor_logits, scale: float, batch: int, temperature, top_k, top_p, noise) -> torch.Tensor:
-    """factor logits [B or 2B, m, 2**bits] -> codes [B, m]; CFG combines the two halves with ``scale``."""
-    codes, offset = 0, 0
-    for bits, logit in zip(model.factor_bits, factor_logits):
-        logit = logit.float()
-        if logit.shape[0] != batch:
-            cond, uncond = logit[:batch], logit[batch:]
-            logit = uncond + scale * (cond - uncond)
-        m, vocab = logit.shape[1], logit.shape[2]
-        if temperature == 0:
-            part = logit.argmax(-1)
-        else:
-            filtered = filter_logits(logit / temperature, top_k, top_p)
-            part = (filtered + noise.gumbel(m * vocab).view(batch, m, vocab)).argmax(-1)
-        codes = codes + (part << offset)
-        offset += bits
-    return codes
 
 
 @torch.no_grad()
@@ -156,11 +137,12 @@ def generate_random_order(
     steps = range(len(schedule))
     for s in progress(steps) if progress is not None else steps:
         n = schedule[s] - done
-        out = model(input_ids=input_ids, positions=input_pos, cache=cache, logits_to_keep=n)
+        out = model(input_ids=input_ids, positions=input_pos, cache=cache, logits_to_keep=n, output_factor_logits=False)
         scale = guidance_scale
         if guided and guidance_schedule == "linear":
             scale = 1.0 + (guidance_scale - 1.0) * done / num_tokens
-        new = _sample_codes(model, out.factor_logits, scale, batch, temperature, top_k, top_p, noise)
+        # factor by factor (next-sub-token prediction: factor 1 given the sampled factor 0 of the same query)
+        new = sample_code(model, out.last_hidden_state, scale, batch, temperature, top_k, top_p, noise)
         codes[:, done : done + n] = new
         if s + 1 == len(schedule):
             break

@@ -28,11 +28,16 @@ from .configuration_random_ar import RandomARConfig
 class RandomARCausalLMOutput(ModelOutput):
     """loss: summed cross-entropy of the factors over the code targets.
     factor_logits: one [B, T', 2**bits] tensor per factor (only the last ``logits_to_keep`` positions when set;
-    None when ``labels`` are given without ``logits_to_keep``: training needs the loss only).
+    None when ``labels`` are given without ``logits_to_keep``: training needs the loss only). With next-sub-token
+    prediction (``factorized_num_layers > 0``) factor 1 at a position instruction is conditioned on factor 0 of
+    the code that follows it in ``input_ids`` (teacher forcing), and on factor 0's argmax where no code follows.
+    last_hidden_state [B, T', C]: the decoder output before the final norm at the kept positions, what
+    ``sub_token_logits`` reads (the sampler draws factor by factor from it).
     cache: the ``DynamicCache`` holding this sequence's keys/values (when decoding incrementally)."""
 
     loss: torch.FloatTensor | None = None
     factor_logits: tuple[torch.FloatTensor, ...] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
     cache: DynamicCache | None = None
 
 
@@ -136,6 +141,87 @@ class RandomARDecoderLayer(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
+# Copied from mergevq_hf.models.mergear.modeling_mergear.sub_token_pass
+def sub_token_pass(layers, rotary, hidden: torch.Tensor, prefix_embeds: torch.Tensor) -> torch.Tensor:
+    """The intra-token (next-sub-token) pass of the official stage 2: per position, the short causal sequence
+    ``[h, e_0, ..., e_{P-1}]`` through ``layers``. hidden [..., C]; prefix_embeds [..., P, C] (embeddings of the
+    factors already chosen); rotary: (cos, sin) [>= 1 + P, D/2] rows of the slots -> [..., 1 + P, C]."""
+    x = torch.cat([hidden.unsqueeze(-2), prefix_embeds.to(hidden.dtype)], dim=-2)
+    lead, slots = x.shape[:-2], x.shape[-2]
+    x = x.reshape(-1, slots, x.shape[-1])
+    cos, sin = rotary
+    mask = torch.ones(slots, slots, dtype=torch.bool, device=x.device).tril()
+    for layer in layers:
+        x = layer(x, (cos[:slots], sin[:slots]), mask)
+    return x.reshape(*lead, slots, x.shape[-1])
+
+
+# Copied from mergevq_hf.models.mergear.modeling_mergear.FactorizedHeadsMixin
+class FactorizedHeadsMixin:
+    """Output heads over codes split into factors (``factor_bits``, least significant first): independent heads,
+    or next-sub-token prediction when ``sub_token_layers`` is not empty (the official stage 2: factor 1 is scored
+    given factor 0 by an intra-token pass). The model provides ``factor_bits``, ``tok_embeddings``,
+    ``sub_token_layers``, ``norm``, ``heads`` and ``_sub_token_rotary()``; hidden states are the decoder output
+    before the final norm."""
+
+    def sub_token_logits(self, hidden: torch.Tensor, prefix: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """Logits [..., 2**bits_i] of factor i = ``len(prefix)`` of the code each position predicts.
+
+        hidden [..., C]: decoder output before the final norm (the output's ``last_hidden_state``); prefix: the
+        values [...] of the factors before i. Independent heads ignore ``prefix``."""
+        index = len(prefix)
+        if not self.sub_token_layers:
+            return self.heads[index](self.norm(hidden))
+        embeds = [self.tok_embeddings[j](prefix[j]) for j in range(index)]
+        prefix_embeds = torch.stack(embeds, dim=-2) if embeds else hidden.unsqueeze(-2)[..., :0, :]
+        out = sub_token_pass(self.sub_token_layers, self._sub_token_rotary(), hidden, prefix_embeds)
+        return self.heads[index](self.norm(out[..., index, :]))
+
+    def factor_logits_of(self, hidden: torch.Tensor, next_codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All factor logits at once. next_codes [...]: the code each position predicts (teacher forcing for
+        factor 1), negative where unknown (factor 0's argmax is used there)."""
+        if not self.sub_token_layers:
+            normed = self.norm(hidden)
+            return tuple(head(normed) for head in self.heads)
+        known = next_codes >= 0
+        first = self._split_codes(next_codes.clamp_min(0))[0]
+        if not bool(known.all()):
+            first = torch.where(known, first, self.sub_token_logits(hidden).argmax(-1))
+        out = sub_token_pass(
+            self.sub_token_layers, self._sub_token_rotary(), hidden, self.tok_embeddings[0](first).unsqueeze(-2)
+        )
+        normed = self.norm(out)
+        return tuple(head(normed[..., i, :]) for i, head in enumerate(self.heads))
+
+    def joint_log_probs_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log p(code) [..., 2**code_dim] of the code each position predicts (code = f0 + f1 << bits_0). With
+        next-sub-token prediction factor 1 is scored once for every value of factor 0."""
+        if not self.sub_token_layers:
+            return self.joint_log_probs(self.factor_logits_of(hidden, hidden.new_zeros(hidden.shape[:-1]).long()))
+        first_values = 2 ** self.factor_bits[0]
+        log_first = torch.log_softmax(self.sub_token_logits(hidden).float(), dim=-1)  # [..., n0]
+        expanded = hidden.unsqueeze(-2).expand(*hidden.shape[:-1], first_values, hidden.shape[-1])
+        values = torch.arange(first_values, device=hidden.device).expand(expanded.shape[:-1])
+        log_second = torch.log_softmax(self.sub_token_logits(expanded, (values,)).float(), dim=-1)  # [..., n0, n1]
+        return (log_second + log_first[..., None]).transpose(-1, -2).flatten(-2)
+
+    def _split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        parts, offset = [], 0
+        for bits in self.factor_bits:
+            parts.append((codes >> offset) & (2**bits - 1))
+            offset += bits
+        return parts
+
+    @staticmethod
+    def joint_log_probs(factor_logits) -> torch.Tensor:
+        """Independent factors -> log p(code) [..., V] with code = sum_i factor_i << offset_i."""
+        joint = None
+        for logit in factor_logits:  # least significant factor first
+            logp = torch.log_softmax(logit.float(), dim=-1)
+            joint = logp if joint is None else (logp[..., :, None] + joint[..., None, :]).flatten(-2)
+        return joint
+
+
 class RandomARPreTrainedModel(PreTrainedModel):
     config_class = RandomARConfig
     config: RandomARConfig
@@ -161,7 +247,7 @@ class RandomARPreTrainedModel(PreTrainedModel):
             module.position_counts.zero_()
 
 
-class RandomARForCausalLM(RandomARPreTrainedModel):
+class RandomARForCausalLM(FactorizedHeadsMixin, RandomARPreTrainedModel):
     """Class-conditional random-order generator of the K merged tokens and their positions.
 
     Training: ``loss = model(**model.training_inputs(tokens, positions, labels, num_tokens)).loss`` (through
@@ -181,6 +267,10 @@ class RandomARForCausalLM(RandomARPreTrainedModel):
         self.token_dropout = nn.Dropout(config.token_dropout)
         self.rotary = GridRotary(config)
         self.layers = nn.ModuleList(RandomARDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        # next-sub-token prediction (official stage 2): blocks over [h, embedding_0(f0)]; empty = independent heads
+        self.sub_token_layers = nn.ModuleList(
+            RandomARDecoderLayer(config, i) for i in range(config.factorized_num_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.heads = nn.ModuleList(nn.Linear(config.hidden_size, 2**bits, bias=False) for bits in self.factor_bits)
         # position_counts[K, p]: how often position p was a token position among training images with K tokens
@@ -242,12 +332,10 @@ class RandomARForCausalLM(RandomARPreTrainedModel):
         return {"input_ids": input_ids, "positions": torch.cat([start_pos, body_pos], dim=1), "labels": labels}
 
     # ------------------------------------------------------------------ pieces
-    def _split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
-        parts, offset = [], 0
-        for bits in self.factor_bits:
-            parts.append((codes >> offset) & (2**bits - 1))
-            offset += bits
-        return parts
+    def _sub_token_rotary(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary rows of the intra-token slots: the start tokens' (not rotated), then grid position 0's (the
+        official ``freqs_cis[:2]`` up to its zeroed class row)."""
+        return self.rotary.cos[:2], self.rotary.sin[:2]
 
     def embed(self, input_ids: torch.Tensor, rotary) -> torch.Tensor:
         cfg = self.config
@@ -291,6 +379,7 @@ class RandomARForCausalLM(RandomARPreTrainedModel):
         use_cache: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        output_factor_logits: bool = True,
         return_dict: bool | None = None,
         **kwargs,
     ) -> RandomARCausalLMOutput:
@@ -301,6 +390,7 @@ class RandomARForCausalLM(RandomARPreTrainedModel):
         ``True`` starts one (returned in ``output.cache``). attention_mask: a boolean [B, 1, T, S] mask (True =
         may attend) over the S = cached + T keys, for parallel decoding steps; default causal.
         labels [B, T] (-100 = ignore) are shifted inside (the output at ``P_i`` predicts the label at ``x_i``).
+        output_factor_logits: False skips the heads (``last_hidden_state`` only; the sampler's path).
         """
         if cache is None and use_cache:
             cache = DynamicCache()
@@ -313,23 +403,28 @@ class RandomARForCausalLM(RandomARPreTrainedModel):
         hidden = self.embed(input_ids, rotary)
         for layer in self.layers:
             hidden = layer(hidden, rotary, mask, cache)
-        hidden = self.norm(hidden)
+        keep = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
 
         loss = None
         if labels is not None:
             targets = labels[:, 1:]
             valid = targets != -100
-            rows = hidden[:, :-1][valid]  # only the position instructions feed the heads
-            parts = self._split_codes(targets[valid])
+            rows, codes = hidden[:, :-1][valid], targets[valid]  # only the position instructions feed the heads
             smoothing = self.config.label_smoothing if self.training else 0.0
-            loss = sum(
-                F.cross_entropy(head(rows), part, label_smoothing=smoothing) for head, part in zip(self.heads, parts)
+            loss = sum(  # next-sub-token prediction: factor 1 teacher-forced on the target's factor 0
+                F.cross_entropy(logit, part, label_smoothing=smoothing)
+                for logit, part in zip(self.factor_logits_of(rows, codes), self._split_codes(codes))
             )
         factor_logits = None
-        if labels is None or logits_to_keep:  # training reads the loss only: no logits over every token
-            keep = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-            factor_logits = tuple(head(keep) for head in self.heads)
-        return RandomARCausalLMOutput(loss=loss, factor_logits=factor_logits, cache=cache)
+        # training reads the loss only: no logits over every token; the sampler reads last_hidden_state
+        if output_factor_logits and (labels is None or logits_to_keep):
+            base = self.config.vocab_size_codes
+            next_ids = input_ids[:, 1:]
+            next_codes = torch.full_like(input_ids, -1)  # the code each output predicts, where the input gives it
+            next_codes[:, :-1] = torch.where(next_ids < base, next_ids, torch.full_like(next_ids, -1))
+            next_codes = next_codes[:, -logits_to_keep:] if logits_to_keep else next_codes
+            factor_logits = self.factor_logits_of(keep, next_codes)
+        return RandomARCausalLMOutput(loss=loss, factor_logits=factor_logits, last_hidden_state=keep, cache=cache)
 
     def training_loss(self, tokens, positions, class_labels, num_tokens, generator=None) -> torch.Tensor:
         """Single-process convenience; distributed training calls the wrapped model with :meth:`training_inputs`."""
