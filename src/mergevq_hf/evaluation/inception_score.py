@@ -1,10 +1,16 @@
 """Inception Score: a classifier's logits on generated images, scored by torchmetrics' ``InceptionScore``.
 
 The FID network the package ships (``fid.InceptionFeatures``) has no logits, so the Inception Score needs a network
-given by the user: a TorchScript file (``torch.jit.load``, never a pickle) that maps images [B, 3, 299, 299] in the
-FID network's input range ([-1, 1), i.e. ``(p - 128) / 128`` of 8-bit pixels p) to logits [B, C], e.g. the
-TF Inception-v3 with its 1008-way head that ADM's evaluator uses, exported to TorchScript. It is found as
-``path`` or ``$MERGEVQ_IS_WEIGHTS``; nothing is downloaded. Without one, :func:`find_logits_network` returns
+given by the user, found as ``path`` or ``$MERGEVQ_IS_WEIGHTS`` (nothing is downloaded), that maps images
+[B, 3, 299, 299] in the FID network's input range ([-1, 1), i.e. ``(p - 128) / 128`` of 8-bit pixels p) to logits
+[B, C], e.g. the TF Inception-v3 with its 1008-way head that ADM's evaluator uses:
+
+* a safetensors file of :class:`~mergevq_hf.evaluation.inception_net.FIDInceptionV3` with its linear head
+  (``fc.weight`` / ``fc.bias`` beside the FID network's keys): built as our own module, no TorchScript;
+* a TorchScript archive holding those tensors: read the same way, without TorchScript;
+* any other TorchScript classifier: loaded with ``torch.jit.load`` while torch still has it (legacy; torch
+  deprecates TorchScript, so convert such a network to the first form).
+ Without one, :func:`find_logits_network` returns
 ``None`` and the evaluation reports ``inception_score: null`` with :data:`NO_NETWORK_MESSAGE`.
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -19,29 +26,51 @@ import torch.nn as nn
 from torchmetrics.image.inception import InceptionScore
 
 from ..weights import find_weights_file
-from .fid import inception_input
+from .fid import inception_input, load_inception_network, module_device
 
 ENV_WEIGHTS = "MERGEVQ_IS_WEIGHTS"
 DEFAULT_SPLITS = 10
 NO_NETWORK_MESSAGE = (
     "Inception Score skipped: it needs a classifier with logits (the offline FID network has none); pass "
-    f"--is-weights FILE or set ${ENV_WEIGHTS} to a TorchScript Inception-v3 that maps [B, 3, 299, 299] images in "
-    "[-1, 1) to logits"
+    f"--is-weights FILE or set ${ENV_WEIGHTS} to an Inception-v3 with logits (safetensors of FIDInceptionV3 with its "
+    "fc head, or TorchScript) that maps [B, 3, 299, 299] images in [-1, 1) to logits"
 )
 
 
+def _load_classifier(path: Path) -> nn.Module:
+    """The classifier of the module docstring's three forms (safetensors, TorchScript tensors, TorchScript)."""
+    if not zipfile.is_zipfile(path):
+        try:
+            network = load_inception_network(path, check_hash=False)
+        except ValueError as error:
+            raise ValueError(f"{str(path)!r} is neither a safetensors file nor a TorchScript file ({error})") from error
+        if not network.num_classes:
+            raise ValueError(f"{str(path)!r} holds the FID network without a logits head (no fc.weight / fc.bias)")
+        return network
+    try:
+        network = load_inception_network(path, check_hash=False)
+        if network.num_classes:
+            return network
+    except ValueError:
+        pass  # not the Inception-v3 tensors: some other TorchScript classifier
+    if not hasattr(torch.jit, "load"):
+        raise ValueError(f"{str(path)!r} is a TorchScript classifier and this torch has no TorchScript")
+    try:
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript
+            warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated")  # Deprecation- or FutureWarning
+            return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{str(path)!r} is not a TorchScript file ({error})") from error
+
+
 class LogitsNetwork(nn.Module):
-    """Images [B, 3, H, W] in [-1, 1] -> logits [B, C] (float64) of a TorchScript classifier, with the FID
-    network's preprocessing (8-bit rounding, TF1 bilinear resize to 299, input range [-1, 1))."""
+    """Images [B, 3, H, W] in [-1, 1] -> logits [B, C] (float64) of the classifier at ``path`` (see the module
+    docstring), with the FID network's preprocessing (8-bit rounding, TF1 bilinear resize to 299, input range
+    [-1, 1))."""
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
-        try:
-            with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript
-                warnings.filterwarnings("ignore", r".*torch\.jit\.load.*deprecated")  # Deprecation- or FutureWarning
-                self.network = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError) as error:
-            raise ValueError(f"{str(path)!r} is not a TorchScript file ({error})") from error
+        self.network = _load_classifier(Path(path))
         self.weights_path = Path(path)
         self.requires_grad_(False)
         self.eval()
@@ -59,9 +88,7 @@ class LogitsNetwork(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in self.network.parameters():
-            return tensor.device
-        return torch.device("cpu")
+        return module_device(self.network)
 
 
 def find_logits_network(path: str | os.PathLike | None = None) -> LogitsNetwork | None:
