@@ -22,15 +22,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from timm.data import Mixup
-from timm.optim import param_groups_layer_decay
-from timm.scheduler import CosineLRScheduler
 
 from mergevq_hf import MergeVQConfig, MergeVQForImageClassification
 from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR
+from mergevq_hf.optional import import_timm
 from mergevq_hf.training.data import DataConfig, load_image_stream, make_dataloader
 from mergevq_hf.training.loop import TrainingLoop
 from mergevq_hf.training.trainer_utils import MetricsLogger, TrainingState, register_for_checkpointing, resume_from
+
+import_timm("examples/finetune_classifier.py")  # one clear error when the [vision] extra is missing
+from timm.data import Mixup  # noqa: E402
+from timm.optim import param_groups_layer_decay  # noqa: E402
+from timm.scheduler import CosineLRScheduler  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .defaults import DEFAULT_PIPELINES
+from .optional import MissingDependencyError
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
@@ -536,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # bad input: reported as one line (exit status 2) unless --debug; any other exception is a bug and propagates
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, OSError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, OSError, MissingDependencyError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..optional import import_timm
 from .gather import featurize_split, sort_by_content
 
 FEATURE_KINDS = ("cls", "tokens")
@@ -106,6 +107,7 @@ class LinearProbe(nn.Module):
 
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
+        import_timm("the linear probe")
         from timm.layers import trunc_normal_
 
         self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
@@ -134,6 +136,7 @@ def train_linear_probe(
     """Fit a :class:`LinearProbe` on ``train`` ({"features", "label"}) and report top-1 / top-5 accuracy on
     ``evaluation`` (BatchNorm in eval mode: its running statistics). Deterministic for a given seed and input
     order. Returns (probe, {"top1", "top5", "train_top1", "epochs", "steps", ...})."""
+    import_timm("the linear probe")
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...image_utils import pil_to_tensor
+from ...optional import import_timm
 from .config import DataConfig
 
 
@@ -135,6 +136,7 @@ def rand_augment_policy(policy: str, resolution: int):
         raise ValueError(
             f"rand_augment={policy!r}; allowed: None or a timm RandAugment policy like 'rand-m9-mstd0.5-inc1'"
         )
+    import_timm("rand_augment")
     from timm.data.auto_augment import rand_augment_transform
 
     hparams = {"translate_const": int(resolution * 0.45), "img_mean": (124, 116, 104)}
