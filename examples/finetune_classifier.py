@@ -26,9 +26,10 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from mergevq_hf import MergeVQConfig, MergeVQForImageClassification
 from mergevq_hf.defaults import DEFAULT_PIPELINE_DIR
 from mergevq_hf.optional import import_timm
+from mergevq_hf.training.checkpoint import TrainingState, register_for_checkpointing, resume_from
 from mergevq_hf.training.data import DataConfig, load_image_stream, make_dataloader
 from mergevq_hf.training.loop import TrainingLoop
-from mergevq_hf.training.trainer_utils import MetricsLogger, TrainingState, register_for_checkpointing, resume_from
+from mergevq_hf.training.metrics_log import MetricsLogger
 
 import_timm("examples/finetune_classifier.py")  # one clear error when the [vision] extra is missing
 from timm.data import Mixup  # noqa: E402

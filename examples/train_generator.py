@@ -35,15 +35,11 @@ from mergevq_hf import (
 from mergevq_hf.image_utils import make_grid
 from mergevq_hf.models.mergear import generate_codes
 from mergevq_hf.models.random_ar import generate_random_order
+from mergevq_hf.training.checkpoint import TrainingState, register_for_checkpointing, resume_from
 from mergevq_hf.training.codes import load_codes, pad_tokens, position_counts
 from mergevq_hf.training.loop import TrainingLoop
-from mergevq_hf.training.trainer_utils import (
-    MetricsLogger,
-    TrainingState,
-    register_for_checkpointing,
-    resume_from,
-    step_drop_lr,
-)
+from mergevq_hf.training.metrics_log import MetricsLogger
+from mergevq_hf.training.schedule import step_drop_lr
 
 
 def parse_args(argv=None):
@@ -200,6 +196,7 @@ def main(argv=None):
 
     loop.export(model, "random_ar" if args.arch == "random-ar" else "mergear", vars(args))
     loop.finish()
+
 
 if __name__ == "__main__":
     main()

@@ -26,15 +26,11 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from mergevq_hf import MergeVQConfig, RandomARForCausalLM, SourceRecoveryConfig, SourceRecoveryModel
 from mergevq_hf.models.mergear.generation import SampleNoise, sample_code
 from mergevq_hf.models.tokenizer.lfq import indices_to_codes
+from mergevq_hf.training.checkpoint import TrainingState, register_for_checkpointing, resume_from
 from mergevq_hf.training.codes import load_codes, pad_tokens
 from mergevq_hf.training.loop import TrainingLoop
-from mergevq_hf.training.trainer_utils import (
-    MetricsLogger,
-    TrainingState,
-    register_for_checkpointing,
-    resume_from,
-    step_drop_lr,
-)
+from mergevq_hf.training.metrics_log import MetricsLogger
+from mergevq_hf.training.schedule import step_drop_lr
 
 
 def parse_args(argv=None):
@@ -176,6 +172,7 @@ def main(argv=None):
 
     loop.export(model, "source_recovery", vars(args))
     loop.finish()
+
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ Reads top to bottom: arguments -> model (+ EMA) -> optimizer -> data (sharded pe
 evaluate PSNR/codebook usage on held-out data, reconstruction grids as PNG, atomic checkpoints with
 ``--total-limit``; finally the EMA weights exported with ``save_pretrained`` and a model card.
 A checkpoint holds the tokenizer (+ source recovery), both Adam states, the EMA weights, the discriminator and
-LeCam EMAs, counters and RNG states, nothing frozen (LPIPS, teacher); see ``mergevq_hf.training.trainer_utils``.
+LeCam EMAs, counters and RNG states, nothing frozen (LPIPS, teacher); see ``mergevq_hf.training.checkpoint``.
 Loss (``--loss-config`` JSON overrides ``MergeVQLossConfig``, official weights by default): L1 + LPIPS-VGG +
 PatchGAN (non-saturating generator term, hinge discriminator, LeCam) + LFQ commitment and entropy + CLS
 alignment with a frozen teacher (``--teacher``, default facebook/dinov2-base; ``--teacher ''`` turns it off)
@@ -35,20 +35,15 @@ from mergevq_hf import MergeVQConfig, MergeVQModel, SourceRecoveryConfig, Source
 from mergevq_hf.evaluation import evaluate_reconstruction
 from mergevq_hf.evaluation.fid import InceptionFeatures
 from mergevq_hf.image_utils import make_grid
+from mergevq_hf.training.checkpoint import ModuleStateSubset, TrainingState, register_for_checkpointing, resume_from
 from mergevq_hf.training.data import DataConfig, make_dataloader
 from mergevq_hf.training.ema import EMAModel
 from mergevq_hf.training.loop import TrainingLoop
 from mergevq_hf.training.losses import MergeVQLoss, MergeVQLossConfig
 from mergevq_hf.training.merge_sampling import MergeRatioSampler
+from mergevq_hf.training.metrics_log import MetricsLogger
+from mergevq_hf.training.schedule import step_drop_lr
 from mergevq_hf.training.teacher import load_teacher
-from mergevq_hf.training.trainer_utils import (
-    MetricsLogger,
-    ModuleStateSubset,
-    TrainingState,
-    register_for_checkpointing,
-    resume_from,
-    step_drop_lr,
-)
 
 
 def parse_args(argv=None):

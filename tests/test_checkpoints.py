@@ -18,11 +18,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from conftest import load_example
-from mergevq_hf.training import trainer_utils
-from mergevq_hf.training.ema import EMAModel
-from mergevq_hf.training.trainer_utils import (
+from mergevq_hf.training import checkpoint as trainer_checkpoint
+from mergevq_hf.training.checkpoint import (
     CheckpointWarning,
-    MetricsLogger,
     ModuleStateSubset,
     TrainingState,
     checkpoint_problem,
@@ -30,6 +28,8 @@ from mergevq_hf.training.trainer_utils import (
     resume_from,
     save_checkpoint,
 )
+from mergevq_hf.training.ema import EMAModel
+from mergevq_hf.training.metrics_log import MetricsLogger
 
 
 # ---------------------------------------------------------------------------------------------- a tiny trainer
@@ -200,7 +200,7 @@ def test_full_disk_gives_a_clear_error_and_leaves_nothing_behind(tmp_path, monke
         def save_file(*args, **kwargs):
             raise original
 
-        monkeypatch.setattr(trainer_utils, "save_file", save_file)
+        monkeypatch.setattr(trainer_checkpoint, "save_file", save_file)
     else:
         real_dump = json.dump
 
@@ -209,7 +209,7 @@ def test_full_disk_gives_a_clear_error_and_leaves_nothing_behind(tmp_path, monke
                 raise original
             return real_dump(obj, f, **kwargs)
 
-        monkeypatch.setattr(trainer_utils.json, "dump", dump)
+        monkeypatch.setattr(trainer_checkpoint.json, "dump", dump)
     with pytest.raises(OSError, match=r"no space left on device while writing checkpoint .*step-2") as info:
         _train(trainer, tmp_path, 1)
     assert info.value.errno == errno.ENOSPC and info.value.__cause__ is original

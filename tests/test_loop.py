@@ -7,8 +7,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
+from mergevq_hf.training.checkpoint import TrainingState, list_checkpoints, register_for_checkpointing, resume_from
 from mergevq_hf.training.loop import TrainingLoop
-from mergevq_hf.training.trainer_utils import TrainingState, list_checkpoints, register_for_checkpointing, resume_from
 
 
 class Stream(torch.utils.data.IterableDataset):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mergevq_hf.training.merge_sampling import MergeRatioSampler
-from mergevq_hf.training.trainer_utils import step_drop_lr
+from mergevq_hf.training.schedule import step_drop_lr
 
 
 def test_official_gaussian_candidates_and_cycle():

@@ -92,7 +92,7 @@ def test_train_tokenizer_resumes_exactly(digits, tiny_teacher, tmp_path, monkeyp
     and resumed run ends bit-identical to an uninterrupted one, with the same metrics.jsonl steps. The interrupted
     run got to step 3 and its newest checkpoint (step-3) lost half its weights file: ``--resume latest`` warns,
     takes step-2, drops the step-3 metrics row and never calls torch.load without weights_only=True."""
-    from mergevq_hf.training.trainer_utils import CheckpointWarning
+    from mergevq_hf.training.checkpoint import CheckpointWarning
 
     train = load_example("train_tokenizer").main
     common = [

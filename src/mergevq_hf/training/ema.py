@@ -11,7 +11,7 @@ from torch import nn
 class EMAModel:
     """Keeps ``shadow``, a frozen copy of ``model`` whose parameters follow ``decay * shadow + (1 - decay) * model``.
     Buffers are copied as they are. ``state_dict`` is ``{"decay": float, "num_updates": int, "shadow": the shadow's
-    state dict}``: tensors and plain numbers only, so ``trainer_utils.register_for_checkpointing`` stores it in a
+    state dict}``: tensors and plain numbers only, so ``checkpoint.register_for_checkpointing`` stores it in a
     safetensors file (no pickle); ``load_state_dict`` also accepts the numbers as 0-d tensors."""
 
     def __init__(self, model: nn.Module, decay: float = 0.999):

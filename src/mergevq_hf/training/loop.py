@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..model_card import write_model_card
-from .trainer_utils import TrainingState, save_checkpoint
+from .checkpoint import TrainingState, save_checkpoint
 
 
 def set_loader_epoch(loader, epoch: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,7 +15,9 @@ from PIL import Image
 
 from ...image_utils import pil_to_tensor
 from ...optional import import_timm
-from .config import DataConfig
+
+if TYPE_CHECKING:  # annotations only: config.py imports this module (policy check), not the other way round
+    from .config import DataConfig
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:

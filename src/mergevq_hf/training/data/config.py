@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .augment import rand_augment_policy
+
 CROP_MODES = ("random_resized", "center")
 
 
@@ -95,8 +97,6 @@ class DataConfig:
         self.view_crop_scale = _check_range("view_crop_scale", self.view_crop_scale, 0.0, 1.0)
         self.crop_ratio = _check_range("crop_ratio", self.crop_ratio, 0.0, None)
         if self.rand_augment is not None:
-            from .augment import rand_augment_policy
-
             rand_augment_policy(self.rand_augment, self.resolution)  # a bad policy string fails here, not in a worker
         if not isinstance(self.load_kwargs, dict):
             raise TypeError(f"load_kwargs must be a dict, got {self.load_kwargs!r}")

@@ -1,5 +1,5 @@
-"""Pieces every training script shares: checkpoints that survive crashes and full disks, exact resume without
-unpickling arbitrary objects, metrics as JSONL (plus any accelerate tracker), and the step-drop LR schedule.
+"""Training checkpoints: written atomically (crashes, full disks), resumed exactly, without unpickling arbitrary
+objects. (Metrics: ``metrics_log.py``; the LR schedule: ``schedule.py``.)
 
 What a checkpoint ``<output_dir>/checkpoints/step-N/`` holds, and how each piece is loaded on resume
 (accelerate 1.15 behaviour checked in ``accelerate/checkpointing.py``; ``accelerate.utils.load`` passes
@@ -38,7 +38,7 @@ Resuming: ``--resume latest`` walks ``step-N`` newest first and loads the newest
 present, every listed file present with its size); each skipped one, and each one whose loading still fails
 (e.g. a corrupt safetensors header), gives a :class:`CheckpointWarning` and the previous one is tried. An explicit
 ``--resume <folder>`` that is incomplete or fails to load raises ``ValueError``. After a resume,
-:class:`MetricsLogger` drops the rows of ``metrics.jsonl`` logged after the checkpoint (``step > N``).
+``metrics_log.MetricsLogger`` drops the rows of ``metrics.jsonl`` logged after the checkpoint (``step > N``).
 """
 
 from __future__ import annotations
@@ -407,7 +407,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     if getattr(accelerator, "_custom_objects", None):
         warnings.warn(
             "objects registered with accelerator.register_for_checkpointing are pickled by accelerate and loaded "
-            "with weights_only=False; register them with mergevq_hf.training.trainer_utils.register_for_checkpointing",
+            "with weights_only=False; register them with mergevq_hf.training.checkpoint.register_for_checkpointing",
             stacklevel=2,
         )
     if accelerator.is_main_process:
@@ -518,61 +518,3 @@ def resume_from(accelerator: Accelerator, output_dir: str | Path, resume: str | 
 def resumed_step(accelerator: Accelerator) -> int | None:
     """The step :func:`resume_from` resumed at (0 when ``--resume latest`` found nothing); None without resume."""
     return _RESUMED_STEP.get(accelerator)
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def truncate_metrics(path: str | Path, step: int) -> int:
-    """Keep only the rows of a ``metrics.jsonl`` with ``step <= step`` (and drop unparsable, half-written
-    lines); rewritten atomically. Returns how many rows were dropped."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            keep = int(row["step"]) <= step
-        except (ValueError, KeyError, TypeError):
-            keep = False
-        if keep:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return dropped
-
-
-class MetricsLogger:
-    """Appends one JSON object per call to ``metrics.jsonl`` (main process) and forwards to trackers.
-
-    After a resume (``resumed_step``, by default the step :func:`resume_from` resumed at for this accelerator),
-    rows logged after that step by the interrupted run are dropped first, so the file reads as one run."""
-
-    def __init__(self, accelerator: Accelerator, path: str | Path, resumed_step: int | None = None):
-        self.accelerator = accelerator
-        self.path = Path(path)
-        if resumed_step is None:
-            resumed_step = _RESUMED_STEP.get(accelerator)
-        if accelerator.is_main_process:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if resumed_step is not None:
-                truncate_metrics(self.path, resumed_step)
-
-    def log(self, metrics: dict, step: int) -> None:
-        clean = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
-        if self.accelerator.is_main_process:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
-        if self.accelerator.trackers:
-            self.accelerator.log(clean, step=step)
-
-
-def step_drop_lr(base_lr: float, step: int, drop_steps: list[int], rate: float = 0.1) -> float:
-    """Learning rate multiplied by ``rate`` at each step in ``drop_steps`` (the paper's 'Step' schedule)."""
-    return base_lr * rate ** sum(step >= s for s in drop_steps)
