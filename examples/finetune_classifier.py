@@ -73,6 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--total-limit", type=int, default=3)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    TrainingLoop.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -177,13 +178,15 @@ def main(argv=None):
         loss = model(pixels, labels=targets, num_tokens=args.num_tokens).loss
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
+        if loop.good_step(loss, grad_norm):  # the same decision on every process
+            optimizer.step()
         optimizer.zero_grad()
         if not loop.step_completed():
             continue
         metrics = {}
         if loop.every(args.log_every):
             metrics.update(loss=accelerator.gather(loss.detach()[None]).mean(), grad_norm=grad_norm)
+            metrics.update(loop.throughput())
             metrics["lr"] = max(group["lr"] for group in optimizer.param_groups)
         if args.eval_split and (loop.every(args.eval_every) or state.step == args.max_steps):
             metrics["heldout_top1"] = heldout_top1()

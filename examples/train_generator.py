@@ -69,6 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--total-limit", type=int, default=3)
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--report-to", default=None, help="accelerate tracker (tensorboard, wandb, ...)")
+    TrainingLoop.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -175,19 +176,24 @@ def main(argv=None):
             # through the wrapped model's forward: DDP averages the gradients over processes
             loss = model(**training_inputs(raw, batch, labels)).loss
             accelerator.backward(loss)
+            apply = True
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                apply = loop.good_step(loss, grad_norm)  # the same decision on every process
             for group in optimizer.param_groups:
                 group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
-            optimizer.step()
+            if apply:
+                optimizer.step()
             optimizer.zero_grad()
         if not loop.step_completed():
             continue
         if loop.every(args.log_every):
             loss_mean = accelerator.gather(loss.detach()[None]).mean()
             lr = optimizer.param_groups[0]["lr"]
-            logger.log({"loss": loss_mean, "grad_norm": grad_norm, "lr": lr, "epoch": state.epoch}, step=state.step)
-            loop.set_postfix(loss=f"{loss_mean.item():.4f}")
+            speed = loop.throughput()
+            metrics = {"loss": loss_mean, "grad_norm": grad_norm, "lr": lr, "epoch": state.epoch, **speed}
+            logger.log(metrics, step=state.step)
+            loop.set_postfix(loss=f"{loss_mean.item():.4f}", samples_s=f"{speed['samples_per_s']:.1f}")
         if tokenizer is not None and loop.every(args.sample_every) and accelerator.is_main_process:
             (output / "samples").mkdir(parents=True, exist_ok=True)
             k = int(batch["num_tokens"][0])

@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--total-limit", type=int, default=3)
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    TrainingLoop.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -158,13 +159,15 @@ def main(argv=None):
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         for group in optimizer.param_groups:
             group["lr"] = step_drop_lr(args.lr, state.step, args.lr_drop_steps)
-        optimizer.step()
+        if loop.good_step(loss, grad_norm):  # the same decision on every process
+            optimizer.step()
         optimizer.zero_grad()
         if not loop.step_completed():
             continue
         metrics = {}
         if loop.every(args.log_every):
             metrics.update(loss=accelerator.gather(loss.detach()[None]).mean(), grad_norm=grad_norm)
+            metrics.update(loop.throughput())
         if test_loader is not None and (loop.every(args.eval_every) or state.step == args.max_steps):
             metrics["heldout_position_accuracy"] = heldout_accuracy()
         if metrics:

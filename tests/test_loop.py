@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
 from mergevq_hf.training.checkpoint import TrainingState, list_checkpoints, register_for_checkpointing, resume_from
-from mergevq_hf.training.loop import TrainingLoop
+from mergevq_hf.training.loop import PREEMPTED_EXIT_CODE, BadStepsError, TrainingLoop
 
 
 class Stream(torch.utils.data.IterableDataset):
@@ -73,3 +76,66 @@ def test_arguments_are_checked(tmp_path):
         TrainingLoop(accelerator, [], TrainingState(), tmp_path, max_steps=0, save_every=1)
     with pytest.raises(ValueError, match="save_every=True"):
         TrainingLoop(accelerator, [], TrainingState(), tmp_path, max_steps=1, save_every=True)
+
+
+def _train_linear(tmp_path, max_steps, nan_steps=(), signal_at=None, resume=None, max_bad_steps=20):
+    """A 1-parameter model trained with SGD on y = 2x through the loop; the loss is NaN at ``nan_steps`` and the
+    process sends itself SIGTERM during step ``signal_at``. Returns (state, loop, weights after each step)."""
+    accelerator = Accelerator()
+    loader = accelerator.prepare(torch.utils.data.DataLoader([float(i + 1) for i in range(5)], batch_size=1))
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainingState()
+    register_for_checkpointing(accelerator, training=state)
+    resume_from(accelerator, tmp_path, resume)
+    loop = TrainingLoop(
+        accelerator, loader, state, tmp_path, max_steps=max_steps, save_every=2, max_bad_steps=max_bad_steps
+    )
+    weights = {}
+    for batch in loop:
+        x = batch.float()[:, None]
+        loss = ((model(x) - 2 * x) ** 2).mean()
+        if state.step + 1 in nan_steps:
+            loss = loss * float("nan")
+        if state.step + 1 == signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's notice, mid-step
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), 10.0)
+        if loop.good_step(loss, grad_norm):
+            optimizer.step()
+        optimizer.zero_grad()
+        if loop.step_completed():
+            weights[state.step] = float(accelerator.unwrap_model(model).weight.detach())
+    loop.finish()
+    return state, loop, weights
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
+    state, loop, weights = _train_linear(tmp_path / "one", 6, nan_steps={3})
+    assert weights[3] == weights[2] and weights[4] != weights[3], "the NaN step is not applied, the next one is"
+    assert all(w == w for w in weights.values()), "no NaN reached the weights"
+    assert state.bad_steps == 1 and loop.consecutive_bad_steps == 0
+    speed = loop.throughput()
+    assert set(speed) == {"samples_per_s", "data_wait_fraction", "bad_steps"} and speed["bad_steps"] == 1
+    # a streak of bad steps: no checkpoint while it lasts, and the run stops after max_bad_steps of them
+    with pytest.raises(BadStepsError, match="3 consecutive steps with a non-finite loss"):
+        _train_linear(tmp_path / "streak", 10, nan_steps=set(range(5, 11)), max_bad_steps=3)
+    assert [p.name for p in list_checkpoints(tmp_path / "streak")] == ["step-2", "step-4"]
+    state, _, weights = _train_linear(tmp_path / "streak", 4, resume="latest")
+    assert state.step == 4 and not weights, "the last good checkpoint loads (nothing left to train)"
+
+
+def test_a_stop_signal_checkpoints_and_exits_with_the_resume_status(tmp_path, capsys):
+    _, _, straight = _train_linear(tmp_path / "straight", 8)
+    with pytest.raises(SystemExit) as stopped:
+        _train_linear(tmp_path / "cut", 8, signal_at=3)
+    assert stopped.value.code == PREEMPTED_EXIT_CODE
+    assert "preempted by SIGTERM at step 3" in capsys.readouterr().out
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step-2", "step-3"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler is removed again"
+    state, _, resumed = _train_linear(tmp_path / "cut", 8, resume="latest")
+    assert state.step == 8 and min(resumed) == 4 and all(resumed[s] == straight[s] for s in resumed)
+    with pytest.raises(ValueError, match="stop_signals"):
+        TrainingLoop(Accelerator(), [], TrainingState(), tmp_path, max_steps=1, save_every=1, stop_signals=("NOPE",))

@@ -86,12 +86,19 @@ class TrainingState:
         self.step = 0
         self.epoch = 0
         self.step_in_epoch = 0
+        self.bad_steps = 0  # optimizer steps skipped for a non-finite loss / gradient norm
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "bad_steps": self.bad_steps,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.step_in_epoch = (int(state[k]) for k in ("step", "epoch", "step_in_epoch"))
+        self.bad_steps = int(state.get("bad_steps", 0))  # checkpoints written before the counter existed
 
 
 class ModuleStateSubset:
