@@ -214,8 +214,8 @@ def test_cli_generate_writes_a_grid(tmp_path):
         )
         == 0
     )
-    grid = Image.open(output)
-    assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
+    with Image.open(output) as grid:
+        assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
 
 
 def test_cli_reconstruct_side_by_side(tmp_path):
@@ -223,7 +223,8 @@ def test_cli_reconstruct_side_by_side(tmp_path):
 
     output = tmp_path / "rec.png"
     assert cli_main(["reconstruct", "-k", "36", "-k", "9", "--output", str(output)]) == 0
-    assert Image.open(output).size == (34 + 2, 3 * 34 + 2)  # original + one row per K (32 px tiles)
+    with Image.open(output) as grid:
+        assert grid.size == (34 + 2, 3 * 34 + 2)  # original + one row per K (32 px tiles)
 
 
 def test_push_to_hub_offline_with_model_cards(default_pipe, monkeypatch, tmp_path):
