@@ -10,8 +10,9 @@ given by the user, found as ``path`` or ``$MERGEVQ_IS_WEIGHTS`` (nothing is down
 * a TorchScript archive holding those tensors: read the same way, without TorchScript;
 * any other TorchScript classifier: loaded with ``torch.jit.load`` while torch still has it (legacy; torch
   deprecates TorchScript, so convert such a network to the first form).
- Without one, :func:`find_logits_network` returns
-``None`` and the evaluation reports ``inception_score: null`` with :data:`NO_NETWORK_MESSAGE`.
+
+Without one, :func:`find_logits_network` returns ``None`` and the evaluation reports ``inception_score: null``
+with :data:`NO_NETWORK_MESSAGE`.
 """
 
 from __future__ import annotations
@@ -39,20 +40,16 @@ NO_NETWORK_MESSAGE = (
 
 def _load_classifier(path: Path) -> nn.Module:
     """The classifier of the module docstring's three forms (safetensors, TorchScript tensors, TorchScript)."""
-    if not zipfile.is_zipfile(path):
-        try:
-            network = load_inception_network(path, check_hash=False)
-        except ValueError as error:
+    try:
+        network = load_inception_network(path, check_hash=False)
+    except ValueError as error:
+        if not zipfile.is_zipfile(path):
             raise ValueError(f"{str(path)!r} is neither a safetensors file nor a TorchScript file ({error})") from error
+        network = None  # a TorchScript archive, but not of the Inception-v3 tensors: some other classifier
+    if network is not None:
         if not network.num_classes:
             raise ValueError(f"{str(path)!r} holds the FID network without a logits head (no fc.weight / fc.bias)")
         return network
-    try:
-        network = load_inception_network(path, check_hash=False)
-        if network.num_classes:
-            return network
-    except ValueError:
-        pass  # not the Inception-v3 tensors: some other TorchScript classifier
     if not hasattr(torch.jit, "load"):
         raise ValueError(f"{str(path)!r} is a TorchScript classifier and this torch has no TorchScript")
     try:

@@ -314,11 +314,18 @@ def checkpoint_problem(path: str | Path, process_index: int | None = None) -> st
     return None
 
 
-def _any_process(accelerator: Accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    total = accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum")
-    return bool(total.item() > 0)
+def any_process(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
+    """True on every process when ``flag`` (a bool, or a 0-d / 1-element tensor on any device) is true on any: one
+    all-reduce, none with one process; a tensor flag is read on the host once, after the reduce."""
+    if isinstance(flag, torch.Tensor):
+        flag = flag.reshape(1).float().to(accelerator.device)
+    elif accelerator.num_processes == 1:
+        return bool(flag)
+    else:
+        flag = torch.tensor([float(flag)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    return bool(flag.item() > 0)
 
 
 def _warn(accelerator: Accelerator, message: str) -> None:
@@ -388,7 +395,7 @@ def _finalize(tmp: Path, final: Path, step: int) -> None:
 
 def _fail_together(accelerator: Accelerator, error: BaseException | None, tmp: Path, final: Path) -> None:
     """If any process failed: remove ``tmp`` and raise on every process (a clear message for a full disk)."""
-    if not _any_process(accelerator, error is not None):
+    if not any_process(accelerator, error is not None):
         return
     no_space = error is not None and _is_no_space(error, tmp.parent)
     if accelerator.is_main_process:
@@ -490,10 +497,10 @@ def resume_from(accelerator: Accelerator, output_dir: str | Path, resume: str | 
         if not path.is_dir():
             raise ValueError(f"--resume {resume!r} is neither 'latest' nor a checkpoint folder")
         problem = checkpoint_problem(path, rank)
-        if _any_process(accelerator, problem is not None):
+        if any_process(accelerator, problem is not None):
             raise ValueError(f"--resume {resume!r} is not a complete checkpoint: {problem or 'see another process'}")
         error = _try_load(accelerator, path)
-        if _any_process(accelerator, error is not None):
+        if any_process(accelerator, error is not None):
             raise ValueError(f"--resume {resume!r}: the checkpoint could not be loaded ({error!r})") from error
         _RESUMED_STEP[accelerator] = int(read_manifest(path)["step"])
         return path
@@ -505,12 +512,12 @@ def resume_from(accelerator: Accelerator, output_dir: str | Path, resume: str | 
     reasons = []
     for path in reversed(checkpoints):
         problem = checkpoint_problem(path, rank)
-        if _any_process(accelerator, problem is not None):
+        if any_process(accelerator, problem is not None):
             reasons.append(f"{path.name}: {problem or 'incomplete on another process'}")
             _warn(accelerator, f"--resume latest: skipping {path}: {reasons[-1].split(': ', 1)[1]}")
             continue
         error = _try_load(accelerator, path)
-        if _any_process(accelerator, error is not None):
+        if any_process(accelerator, error is not None):
             reasons.append(f"{path.name}: failed to load ({error!r})")
             _warn(accelerator, f"--resume latest: could not load {path} ({error!r}); falling back to an older one")
             continue

@@ -47,7 +47,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..model_card import write_model_card
-from .checkpoint import TrainingState, save_checkpoint
+from .checkpoint import TrainingState, any_process, save_checkpoint
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" (resume)
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -193,20 +193,13 @@ class TrainingLoop:
                     ):
                         save_checkpoint(self.accelerator, self.output_dir, state.step, self.total_limit)
                         saved = True
-                    if self._agree(self._signalled is not None):
+                    if any_process(self.accelerator, self._signalled is not None):
                         self._stop_preempted(saved)
                     if state.step >= self.max_steps:
                         break
         finally:
             self.progress.close()
             self._restore_signals()
-
-    def _agree(self, flag: bool) -> bool:
-        """True on every process when ``flag`` is true on any (one all-reduce; no collective with one process)."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
 
     def _stop_preempted(self, saved: bool) -> None:
         state = self.state
@@ -238,10 +231,7 @@ class TrainingLoop:
         skip the update (see the module docstring; with a GradScaler this returns True, the scaler skips it)."""
         device = self.accelerator.device
         flags = [~torch.isfinite(torch.as_tensor(v).detach().to(device, torch.float32)).all() for v in values]
-        bad_here = torch.stack(flags).any().float().reshape(1)  # on the device: one host read below, not one per value
-        if self.accelerator.num_processes > 1:
-            bad_here = self.accelerator.reduce(bad_here, reduction="sum")
-        bad = bool(bad_here.item() > 0)
+        bad = any_process(self.accelerator, torch.stack(flags).any())  # one host read, after the all-reduce
         if bad:
             self._step_bad = True
             if self.is_main_process:
