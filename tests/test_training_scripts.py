@@ -288,6 +288,41 @@ def test_fine_tune_default_models_on_an_imagefolder(tmp_path):
     assert generator.keys() == load_file(DEFAULT_PIPELINE_DIR / "transformer/model.safetensors").keys()
 
 
+
+def test_decoder_fine_tuning_keeps_the_codes(digits, tokenizer_dir, tmp_path):
+    """``--trainable decoder``: only decoder weights move, so the fine-tuned tokenizer gives the same codes as the
+    one it started from (generators trained on them stay valid) while its reconstructions change; without
+    ``--init-from`` it is a one-line usage error."""
+    out = tmp_path / "ft"
+    train = load_example("train_tokenizer").main
+    common = ["--dataset", str(digits), "--eval-split", "", "--teacher", "", "--batch-size", "4"]
+    train(
+        [
+            *common,
+            *("--init-from", str(tokenizer_dir), "--trainable", "decoder", "--no-augment", "--no-source-recovery"),
+            *("--output-dir", str(out), "--max-steps", "3", "--lr", "1e-3", "--ema-decay", "0"),
+        ]
+    )
+    before = load_file(tokenizer_dir / "model.safetensors")
+    after = load_file(out / "final/model.safetensors")
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("decoder.") for k in moved)
+    assert not (out / "final/source_recovery").exists()
+    old, new = MergeVQModel.from_pretrained(tokenizer_dir).eval(), MergeVQModel.from_pretrained(out / "final").eval()
+    config = DataConfig(
+        dataset=str(digits), crop="center", random_flip=False, alignment_views=False, shuffle=False, resolution=32
+    )
+    pixels = next(iter(make_dataloader(config, batch_size=8)))
+    with torch.no_grad():
+        a, b = old.encode(pixels["pixel_values"], num_tokens=36), new.encode(pixels["pixel_values"], num_tokens=36)
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.source, b.source)
+        codes = old.unmerge(a.indices, a.source)
+        assert not torch.allclose(old.decode(codes), new.decode(codes))
+    with pytest.raises(SystemExit) as error:
+        train([*common, "--trainable", "decoder", "--output-dir", str(tmp_path / "bad")])
+    assert error.value.code == 2
+
 def test_train_source_recovery_learns_and_fine_tunes_with_a_generator(codes_dir, tokenizer_dir, tmp_path):
     """Standalone source recovery on a frozen tokenizer's codes (tokens shuffled, positions given), then the A.1
     fine-tune on a random-order generator's teacher-forced codes; held-out accuracy is logged."""
