@@ -23,9 +23,9 @@ import json
 from pathlib import Path
 
 import torch
-from eval_digits_generation import to_features
 from sklearn.linear_model import LogisticRegression
 
+from eval_digits_generation import to_features
 from mergevq_hf import MergeVQPipeline
 from mergevq_hf.defaults import DEFAULT_PIPELINES
 from mergevq_hf.evaluation import GaussianStatistics, InceptionFeatures, frechet_distance
@@ -148,10 +148,10 @@ def main(argv=None):
     print(f"| set ({args.num_images} images each) | FID | precision | recall | class consistency |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():
-        print(
-            f"| {name} | {row['fid']} | {row['precision']} | {row['recall']} | {row.get('class_consistency', '')} |"
-        )
-    (output / "sanity.json").write_text(json.dumps({"pipelines": {k: str(v) for k, v in pipelines.items()}, **rows}, indent=2))
+        print(f"| {name} | {row['fid']} | {row['precision']} | {row['recall']} | {row.get('class_consistency', '')} |")
+    (output / "sanity.json").write_text(
+        json.dumps({"pipelines": {k: str(v) for k, v in pipelines.items()}, **rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -288,7 +288,6 @@ def test_fine_tune_default_models_on_an_imagefolder(tmp_path):
     assert generator.keys() == load_file(DEFAULT_PIPELINE_DIR / "transformer/model.safetensors").keys()
 
 
-
 def test_decoder_fine_tuning_keeps_the_codes(digits, tokenizer_dir, tmp_path):
     """``--trainable decoder``: only decoder weights move, so the fine-tuned tokenizer gives the same codes as the
     one it started from (generators trained on them stay valid) while its reconstructions change; without
@@ -322,6 +321,7 @@ def test_decoder_fine_tuning_keeps_the_codes(digits, tokenizer_dir, tmp_path):
     with pytest.raises(SystemExit) as error:
         train([*common, "--trainable", "decoder", "--output-dir", str(tmp_path / "bad")])
     assert error.value.code == 2
+
 
 def test_train_source_recovery_learns_and_fine_tunes_with_a_generator(codes_dir, tokenizer_dir, tmp_path):
     """Standalone source recovery on a frozen tokenizer's codes (tokens shuffled, positions given), then the A.1
