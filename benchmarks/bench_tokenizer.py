@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import threading
 import time
 
-import psutil
 import torch
 
 from mergevq_hf import MergeVQConfig, MergeVQModel
 from mergevq_hf.models.tokenizer.lfq import entropy_terms, entropy_terms_naive
-from timing import interleaved, ratio_spread, summary, synchronize
+from timing import interleaved, peak_memory, ratio_spread, summary, synchronize
 
 CASES = [("mergevq-gr-d64", [256, 144]), ("mergevq-g-d64", [1024, 256])]
 
@@ -55,31 +53,15 @@ def _entropy_peak(kind, num_tokens, code_dim, device_name, queue):
     torch.manual_seed(0)
     latent = (torch.randn(num_tokens, code_dim, device=device) * 0.01).requires_grad_()
     fn = entropy_terms if kind == "bounded" else entropy_terms_naive
-    process, samples, done = psutil.Process(), [], threading.Event()
 
-    def sample_rss():  # CPU: peak resident memory above the level before the call, sampled every 0.5 ms
-        while not done.is_set():
-            samples.append(process.memory_info().rss)
-            time.sleep(0.0005)
+    def run():
+        start = time.perf_counter()
+        per_sample, codebook = fn(latent)
+        (per_sample - codebook).backward()
+        synchronize(device)
+        return per_sample, codebook, time.perf_counter() - start
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = process.memory_info().rss
-        sampler = threading.Thread(target=sample_rss)
-        sampler.start()
-    start = time.perf_counter()
-    per_sample, codebook = fn(latent)
-    (per_sample - codebook).backward()
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        done.set()
-        sampler.join()
-        peak = max(samples) - base
+    (per_sample, codebook, seconds), peak = peak_memory(run, device)
     value = float((per_sample - codebook).detach())
     queue.put({"kind": kind, "peak_bytes": peak, "seconds": seconds, "value": value})
 

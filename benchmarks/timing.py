@@ -47,6 +47,86 @@ def ratio_spread(numerator: list[float], denominator: list[float]) -> dict[str, 
     return summary([a / b for a, b in zip(numerator, denominator)])
 
 
+def _release_freed_heap() -> None:
+    """Hand memory that malloc keeps after frees back to the OS (glibc ``malloc_trim``), so that the resident set
+    before a measured call is what is live, not what earlier calls left cached."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _resident_high_water_mark() -> int | None:
+    """Peak resident set size (bytes) since the last reset, from /proc/self/status (Linux), else None."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_resident_high_water_mark() -> bool:
+    """Reset VmHWM to the current resident size (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return _resident_high_water_mark() is not None
+
+
+def peak_memory(fn: Callable[[], object], device="cpu", interval: float = 0.0005) -> tuple[object, int]:
+    """Run ``fn()`` once; return (its result, peak memory growth in bytes during the call).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the call. CPU: growth of the process's
+    resident set above its level before the call (freed heap memory is trimmed first): the kernel's exact
+    high-water mark (VmHWM, reset through /proc/self/clear_refs) where Linux allows it, else psutil samples every
+    ``interval`` seconds from a thread (a lower bound: a spike shorter than the interval can be missed)."""
+    import gc
+    import threading
+
+    import torch
+
+    gc.collect()
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        synchronize("cuda")
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        result = fn()
+        synchronize("cuda")
+        return result, torch.cuda.max_memory_allocated() - base
+    import psutil
+
+    process = psutil.Process()
+    _release_freed_heap()
+    if _reset_resident_high_water_mark():
+        base = process.memory_info().rss
+        result = fn()
+        return result, max(_resident_high_water_mark() - base, 0)
+    samples, done = [], threading.Event()
+
+    def sample_rss():
+        while not done.is_set():
+            samples.append(process.memory_info().rss)
+            time.sleep(interval)
+
+    base = process.memory_info().rss
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        sampler.join()
+    samples.append(process.memory_info().rss)
+    return result, max(max(samples) - base, 0)
+
+
 def memory_read_bandwidth(gib: float = 1.0, repeats: int = 5, device="cpu") -> float:
     """Bytes per second this machine reads: median over ``repeats`` of summing a ``gib`` GiB float32 tensor."""
     import torch
