@@ -12,8 +12,8 @@ the class consistency of an independent judge (a LogisticRegression trained on t
     python benchmarks/eval_generation_sanity.py --data data/digits-eval --num-images 500
     python benchmarks/eval_generation_sanity.py --pipeline mergear=runs/new-pipeline   # candidate pipelines
 
-``--pipeline NAME=DIR`` (repeatable) replaces the embedded pipelines; the reconstruction row uses the first
-pipeline's tokenizer at ``--num-tokens`` (default: the pipeline's own default).
+``--pipeline NAME=DIR[:STEPS]`` (repeatable, as in ``eval_digits_generation.py``) replaces the embedded pipelines;
+the reconstruction row uses the first pipeline's tokenizer at ``--num-tokens`` (default: the tokenizer's K).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from eval_digits_generation import to_features
+from eval_digits_generation import parse_pipeline, to_features
 from mergevq_hf import MergeVQPipeline
 from mergevq_hf.defaults import DEFAULT_PIPELINES
 from mergevq_hf.evaluation import GaussianStatistics, InceptionFeatures, frechet_distance
@@ -97,22 +97,23 @@ def main(argv=None):
     parser.add_argument("--data", default="data/digits-eval")
     parser.add_argument("--num-images", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--pipeline", action="append", default=None, help="NAME=DIR (repeatable); default: embedded")
-    parser.add_argument("--num-tokens", type=int, default=None, help="K of the reconstructions (default: pipeline's)")
+    parser.add_argument(
+        "--pipeline", action="append", default=None, help="NAME=DIR[:STEPS] (repeatable); default: embedded"
+    )
+    parser.add_argument("--num-tokens", type=int, default=None, help="K of the reconstructions (default: tokenizer's)")
     parser.add_argument("--output", default="runs/eval-sanity")
     args = parser.parse_args(argv)
     data, output = Path(args.data), Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     if not data.exists():
         build_local_dataset("digits", data, size=32, num_per_image=200, holdout_fraction=0.3, seed=0)
-    pipelines = dict(DEFAULT_PIPELINES)
+    variants = [(name, folder, None) for name, folder in DEFAULT_PIPELINES.items()]
     if args.pipeline:
-        pipelines = {}
-        for text in args.pipeline:
-            name, _, folder = text.partition("=")
-            if not folder:
-                parser.error(f"--pipeline {text!r}: expected NAME=DIR")
-            pipelines[name] = Path(folder)
+        try:
+            variants = [parse_pipeline(text) for text in args.pipeline]
+        except ValueError as error:
+            parser.error(str(error))
+    pipelines = {name: Path(folder) for name, folder, _ in variants}
     inception = InceptionFeatures()
     config = DataConfig(dataset=str(data), split="train", label_column=None, resolution=32)
     reference = FIDReference.from_dataset(config, inception, cache=data / "reference-train.npz")
@@ -133,11 +134,17 @@ def main(argv=None):
     rows[f"tokenizer reconstructions of them (K={num_tokens})"] = scores(
         reference, batched(inception, recon, args.batch_size), judge(recon), test_y
     )
-    for name, folder in pipelines.items():
+    for name, folder, steps in variants:
         pipe = MergeVQPipeline.from_pretrained(folder)
         pipe.set_progress_bar_config(disable=True)
+        sampling = {"num_inference_steps": steps} if steps else {}
         generated = generate_features(
-            pipe, args.num_images, {"features": inception, "judge": judge}, batch_size=args.batch_size, keep_images=40
+            pipe,
+            args.num_images,
+            {"features": inception, "judge": judge},
+            batch_size=args.batch_size,
+            keep_images=40,
+            **sampling,
         )
         make_grid(uint8_to_tensor(generated["images"].numpy()), ncols=10).save(output / f"{name}.png")
         rows[f"{name} pipeline"] = scores(reference, generated["features"], generated["judge"], generated["label"])

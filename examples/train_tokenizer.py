@@ -47,6 +47,8 @@ from mergevq_hf.training.metrics_log import MetricsLogger
 from mergevq_hf.training.schedule import step_drop_lr
 from mergevq_hf.training.teacher import load_teacher
 
+TRAINABLE = ("all", "decoder")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,9 +110,6 @@ def parse_args(argv=None):
     if args.trainable == "decoder" and not args.init_from:
         p.error("--trainable decoder fine-tunes a trained tokenizer: give --init-from")
     return args
-
-
-TRAINABLE = ("all", "decoder")
 
 
 def create_model(args) -> MergeVQModel:
