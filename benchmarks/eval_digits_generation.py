@@ -54,7 +54,9 @@ def main(argv=None):
     p.add_argument(
         "--guidance-scale", type=float, default=None, help="default: each pipeline's own (pipe.default_guidance_scale)"
     )
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument(
+        "--temperature", type=float, default=None, help="default: each pipeline's own (pipe.sampling_defaults)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--grid-prefix", default="digits_generated")
@@ -83,7 +85,7 @@ def main(argv=None):
         ),
         "num_tokens": args.num_tokens,
         "guidance_scale": args.guidance_scale or "each pipeline's default",
-        "temperature": args.temperature,
+        "temperature": args.temperature or "each pipeline's default",
         "torch_threads": torch.get_num_threads(),
         "generators": {},
     }
@@ -118,6 +120,9 @@ def main(argv=None):
             "transformer": type(pipes[name].transformer).__name__,
             "steps": steps[name],
             "guidance_scale": args.guidance_scale or pipes[name].default_guidance_scale,
+            "temperature": pipes[name].sampling_defaults["temperature"]
+            if args.temperature is None
+            else args.temperature,
             "seconds_per_image_median": round(statistics.median(seconds[name]), 4),
             "seconds_per_image_iqr": [round(q[0], 4), round(q[2], 4)],
             "recognised_as_requested": round(accuracy, 4),

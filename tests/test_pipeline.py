@@ -89,6 +89,38 @@ def test_default_guidance_scale_comes_from_the_generation_config(default_pipe, t
     assert torch.equal(plain(class_labels=[2, 8], generator=_gens([3, 4])).codes, codes[2.0])
 
 
+def test_sampling_defaults_come_from_the_generation_config(random_ar_pipe, tmp_path, capsys):
+    """Random-order folders keep a generation_config.json too: the values it sets are the call's defaults (each
+    missing one falls back to DEFAULT_SAMPLING), an explicit argument wins, and the CLI reports what ran."""
+    from mergevq_hf.pipelines.pipeline_mergevq import DEFAULT_SAMPLING
+
+    pipe = random_ar_pipe
+    assert (
+        pipe.sampling_defaults
+        == DEFAULT_SAMPLING
+        == {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    )
+    pipe.save_pretrained(tmp_path / "rar")
+    config_file = tmp_path / "rar/transformer/generation_config.json"
+    settings = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**settings, "guidance_scale": 3.5, "temperature": 0.7, "top_k": 40}))
+    tuned = MergeVQPipeline.from_pretrained(tmp_path / "rar")
+    tuned.set_progress_bar_config(disable=True)
+    assert tuned.sampling_defaults == {"guidance_scale": 3.5, "temperature": 0.7, "top_k": 40, "top_p": 1.0}
+
+    def tokens(p, **sampling):
+        return p(class_labels=[1, 2], num_tokens=20, generator=_gens([5, 6]), output_type="pt", **sampling).tokens
+
+    implicit = tokens(tuned)
+    assert torch.equal(implicit, tokens(pipe, guidance_scale=3.5, temperature=0.7, top_k=40))
+    assert not torch.equal(implicit, tokens(pipe))
+    assert torch.equal(tokens(tuned, guidance_scale=2.0, temperature=1.0, top_k=0), tokens(pipe))
+    argv = ["generate", "--model", str(tmp_path / "rar"), "--class-id", "1", "--num-tokens", "20", "--top-k", "7"]
+    assert cli_main([*argv, "--output", str(tmp_path / "g.png"), "--num-images", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["guidance_scale"], report["temperature"], report["top_k"], report["top_p"]) == (3.5, 0.7, 7, 1.0)
+
+
 def test_save_and_reload_give_identical_images(default_pipe, tmp_path):
     default_pipe.save_pretrained(tmp_path / "pipe")
     reloaded = MergeVQPipeline.from_pretrained(tmp_path / "pipe")

@@ -61,6 +61,14 @@ def _load_image(path, size):
         raise OSError(f"cannot read image {str(path)!r}: {error}") from error
 
 
+def _sampling_used(pipe, args: argparse.Namespace) -> dict:
+    """guidance_scale, temperature, top_k, top_p as the pipeline ran them: the flag, else the folder's default."""
+    return {
+        name: default if getattr(args, name) is None else getattr(args, name)
+        for name, default in pipe.sampling_defaults.items()
+    }
+
+
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -100,7 +108,7 @@ def _generate(args: argparse.Namespace) -> int:
                 "model": args.model or f"embedded-default ({args.default or 'mergear'})",
                 "transformer": type(pipe.transformer).__name__,
                 "steps": out.num_steps,
-                "guidance_scale": pipe.default_guidance_scale if args.guidance_scale is None else args.guidance_scale,
+                **_sampling_used(pipe, args),
                 "labels": out.labels,
                 "names": names,
                 "output": str(output),
@@ -413,14 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier-free guidance scale, finite and >= 1; 1 = no guidance (default: the scale in the "
         "generator's generation_config.json, else 2.0)",
     )
+    folder = "the generator's generation_config.json"
     gen.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature, >= 0; 0 = greedy (default: %(default)s)"
+        "--temperature", type=float, help=f"sampling temperature, >= 0; 0 = greedy (default: {folder}, else 1.0)"
     )
     gen.add_argument(
-        "--top-k", type=int, default=0, help="keep the k most likely values, >= 0; 0 = off (default: %(default)s)"
+        "--top-k", type=int, help=f"keep the k most likely values, >= 0; 0 = off (default: {folder}, else 0)"
     )
     gen.add_argument(
-        "--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 = off (default: %(default)s)"
+        "--top-p", type=float, help=f"nucleus sampling mass, in (0, 1]; 1 = off (default: {folder}, else 1)"
     )
     gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
     gen.add_argument("--scale", type=int, default=4, help="upscale the grid for viewing, >= 1 (default: %(default)s)")
@@ -488,10 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gf.add_argument("--k", type=int, default=3, help="k of the k-NN manifolds (default: %(default)s)")
     gf.add_argument("--num-tokens", "-k", type=int, help="merge instruction K (default: the tokenizer's K)")
-    gf.add_argument("--guidance-scale", type=float, help="CFG scale (default: the generator folder's)")
-    gf.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
-    gf.add_argument("--top-k", type=int, default=0, help="(default: %(default)s, off)")
-    gf.add_argument("--top-p", type=float, default=1.0, help="(default: %(default)s, off)")
+    folder = "the generator folder's, else"
+    gf.add_argument("--guidance-scale", type=float, help=f"CFG scale (default: {folder} 2.0)")
+    gf.add_argument("--temperature", type=float, help=f"(default: {folder} 1.0)")
+    gf.add_argument("--top-k", type=int, help=f"(default: {folder} 0, off)")
+    gf.add_argument("--top-p", type=float, help=f"(default: {folder} 1.0, off)")
     gf.add_argument("--num-inference-steps", type=int, help="random-order generators: decoding steps")
     gf.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
     gf.add_argument("--grid", help="PNG of the first 64 generated images")

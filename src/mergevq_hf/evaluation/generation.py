@@ -154,7 +154,6 @@ def evaluate_generation(
     else:
         result["inception_score_note"] = NO_NETWORK_MESSAGE
     classes = evaluation_class_ids(pipe, class_labels)
-    guidance = sampling.get("guidance_scale")
     result["settings"] = {
         "seed": seed,
         "seeds": f"image i uses seed + i = {seed}..{seed + num_images - 1}",
@@ -162,7 +161,7 @@ def evaluate_generation(
         "class_assignment": "image i has class classes[i % len(classes)]",
         "num_classes": len(classes),
         **{k: v for k, v in sampling.items() if v is not None},
-        "guidance_scale": pipe.default_guidance_scale if guidance is None else guidance,
+        **{k: v if sampling.get(k) is None else sampling[k] for k, v in pipe.sampling_defaults.items()},
         "transformer": type(pipe.transformer).__name__,
         "precision_recall_k": precision_recall_k,
         "processes": 1 if accelerator is None else accelerator.num_processes,

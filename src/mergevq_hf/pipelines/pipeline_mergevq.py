@@ -49,7 +49,8 @@ COMPONENTS = {
     "source_recovery": {"SourceRecoveryModel": SourceRecoveryModel},
 }
 LEGACY_COMPONENT_NAMES = {"generator": "transformer"}  # folders saved before the rename
-DEFAULT_GUIDANCE_SCALE = 2.0  # when the generator's generation_config.json names none
+# sampling when neither the call nor the generator's generation_config.json names a value
+DEFAULT_SAMPLING = {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 PIPELINE_FILE = "pipeline_mergevq"  # <folder>/pipeline_mergevq.py: the class, for diffusers' loader
 
 
@@ -121,13 +122,22 @@ class MergeVQPipeline(DiffusionPipeline):
             )
 
     @property
-    def default_guidance_scale(self) -> float:
-        """The guidance scale used when ``__call__`` gets none: ``guidance_scale`` of the generator's
-        ``generation_config.json`` when its folder sets one (the scale the checkpoint was measured at, like
-        transformers' generation defaults), else ``DEFAULT_GUIDANCE_SCALE`` (2.0)."""
+    def sampling_defaults(self) -> dict[str, float | int]:
+        """What ``__call__`` uses for ``guidance_scale``, ``temperature``, ``top_k`` and ``top_p`` when it gets
+        none: each value the generator's ``generation_config.json`` sets (the settings the checkpoint was measured
+        at, like transformers' generation defaults), else ``DEFAULT_SAMPLING`` (CFG 2.0, temperature 1.0, no
+        top-k / top-p filtering)."""
         config = getattr(self.transformer, "generation_config", None)
-        scale = getattr(config, "guidance_scale", None)
-        return float(scale) if scale is not None else DEFAULT_GUIDANCE_SCALE
+        values = {}
+        for name, fallback in DEFAULT_SAMPLING.items():
+            value = getattr(config, name, None)
+            values[name] = fallback if value is None else type(fallback)(value)
+        return values
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """``sampling_defaults["guidance_scale"]``: the generator folder's recommended scale, else 2.0."""
+        return self.sampling_defaults["guidance_scale"]
 
     # ------------------------------------------------------------------ labels
     @property
@@ -179,9 +189,9 @@ class MergeVQPipeline(DiffusionPipeline):
         num_images_per_label: int = 1,
         num_tokens: int | None = None,
         guidance_scale: float | None = None,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -192,15 +202,19 @@ class MergeVQPipeline(DiffusionPipeline):
         generator: one ``torch.Generator`` per image (an image then depends only on its generator and label,
         not on the rest of the batch), or a single one from which per-image keys are drawn in order.
         num_tokens: K given to the merge-instruction token, 1..L (default: the tokenizer's K).
-        guidance_scale: classifier-free guidance, >= 1 (default: :attr:`default_guidance_scale`, the scale the
-        generator's folder recommends in its ``generation_config.json``, else 2.0).
+        guidance_scale: classifier-free guidance, >= 1; temperature (>= 0, 0 = greedy), top_k (0 = off), top_p
+        (1 = off): sampling. Each defaults to :attr:`sampling_defaults`: the value the generator's folder recommends
+        in its ``generation_config.json``, else CFG 2.0, temperature 1.0, no filtering.
         num_inference_steps: random-order generators only: decoding steps S <= K (several tokens per step on
         RandAR's cosine schedule; default K, one per step). Raster generators always take L steps.
         Every argument is checked first by :meth:`check_inputs` (``ValueError`` / ``TypeError`` on bad values).
         """
         # 1. check inputs (every argument, before any work)
-        if guidance_scale is None:
-            guidance_scale = self.default_guidance_scale
+        defaults = self.sampling_defaults
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        temperature = defaults["temperature"] if temperature is None else temperature
+        top_k = defaults["top_k"] if top_k is None else top_k
+        top_p = defaults["top_p"] if top_p is None else top_p
         num_tokens = self.check_inputs(
             class_labels,
             num_images_per_label=num_images_per_label,
@@ -268,9 +282,9 @@ class MergeVQPipeline(DiffusionPipeline):
         num_images_per_label: int = 1,
         num_tokens: int | None = None,
         guidance_scale: float | None = None,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         generator=None,
         output_type: str = "pil",
         num_inference_steps: int | None = None,
@@ -308,12 +322,17 @@ class MergeVQPipeline(DiffusionPipeline):
             )
         finite = math.isfinite
         allowed_scale = "a finite number >= 1 (1 = no guidance, > 1 = classifier-free guidance)"
-        if guidance_scale is not None:  # None: default_guidance_scale
+        # None: the value of sampling_defaults
+        if guidance_scale is not None:
             _check_number("guidance_scale", guidance_scale, allowed_scale, lambda v: finite(v) and v >= 1)
-        _check_number("temperature", temperature, "a finite number >= 0 (0 = greedy)", lambda v: finite(v) and v >= 0)
-        _check_number("top_k", top_k, "an int >= 0 (0 = no top-k filtering)", lambda v: v >= 0, integer=True)
-        allowed_p = "a number in (0, 1] (1 = no nucleus filtering)"
-        _check_number("top_p", top_p, allowed_p, lambda v: finite(v) and 0 < v <= 1)
+        if temperature is not None:
+            allowed_t = "a finite number >= 0 (0 = greedy)"
+            _check_number("temperature", temperature, allowed_t, lambda v: finite(v) and v >= 0)
+        if top_k is not None:
+            _check_number("top_k", top_k, "an int >= 0 (0 = no top-k filtering)", lambda v: v >= 0, integer=True)
+        if top_p is not None:
+            allowed_p = "a number in (0, 1] (1 = no nucleus filtering)"
+            _check_number("top_p", top_p, allowed_p, lambda v: finite(v) and 0 < v <= 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             if not hasattr(generator, "__iter__") or isinstance(generator, (str, bytes)):
                 raise TypeError(

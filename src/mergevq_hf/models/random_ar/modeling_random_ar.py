@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_random_ar import RandomARConfig
@@ -276,6 +276,40 @@ class RandomARForCausalLM(FactorizedHeadsMixin, RandomARPreTrainedModel):
         # position_counts[K, p]: how often position p was a token position among training images with K tokens
         self.register_buffer("position_counts", torch.zeros(config.num_positions + 1, config.num_positions))
         self.post_init()
+        self.generation_config = self.default_generation_config()
+
+    # ------------------------------------------------------------------ sampling defaults (generation_config.json)
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True, so that transformers keeps a ``generation_config`` with the weights (``save_pretrained`` writes
+        ``generation_config.json``, ``from_pretrained`` reads it through :meth:`adjust_generation_fn`): the sampling
+        defaults the checkpoint was measured at (``guidance_scale``, ``temperature``, ``top_k``, ``top_p``), which
+        ``MergeVQPipeline`` uses when a call gives none. Sampling itself is ``generate_random_order`` (class labels
+        and K in, codes and positions out), not ``GenerationMixin.generate``."""
+        return True
+
+    @staticmethod
+    def default_generation_config() -> GenerationConfig:
+        """Ancestral sampling with no filtering; no guidance scale (the pipeline's default applies)."""
+        return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+
+    def adjust_generation_fn(
+        self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, **kwargs
+    ) -> None:
+        """Called by ``from_pretrained``: ``generation_config`` when given, else the folder's
+        ``generation_config.json``; a folder without one keeps :meth:`default_generation_config`."""
+        if generation_config is not None:
+            self.generation_config = GenerationConfig.from_dict(generation_config.to_dict())
+            return
+        if pretrained_model_name_or_path is None:
+            return
+        download = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+        try:
+            self.generation_config = GenerationConfig.from_pretrained(
+                pretrained_model_name_or_path, **{k: kwargs[k] for k in download if kwargs.get(k) is not None}
+            )
+        except OSError:  # no generation_config.json in the folder / repository
+            pass
 
     # ------------------------------------------------------------------ ids, inputs
     def prompt_ids(self, class_labels, num_tokens) -> torch.LongTensor:
