@@ -74,19 +74,25 @@ def test_image_depends_only_on_seed_and_label(default_pipe):
 
 
 def test_default_guidance_scale_comes_from_the_generation_config(default_pipe, tmp_path):
-    """No guidance_scale: the generator folder's generation_config.json decides (the shipped MergeAR default
-    recommends 3.0); a folder without one gets 2.0; an explicit value always wins."""
+    """No guidance_scale / temperature: the generator folder's generation_config.json decides (the shipped MergeAR
+    default recommends CFG 3.0 at temperature 0.8); a folder without one gets CFG 2.0 at temperature 1.0; an explicit
+    value always wins."""
     assert default_pipe.transformer.generation_config.guidance_scale == 3.0
-    assert default_pipe.default_guidance_scale == 3.0
-    codes = {s: default_pipe(class_labels=[2, 8], guidance_scale=s, generator=_gens([3, 4])).codes for s in (2.0, 3.0)}
-    implicit = default_pipe(class_labels=[2, 8], generator=_gens([3, 4])).codes
-    assert torch.equal(implicit, codes[3.0]) and not torch.equal(implicit, codes[2.0])
+    assert default_pipe.default_guidance_scale == 3.0 and default_pipe.sampling_defaults["temperature"] == 0.8
+
+    def codes(pipe, **sampling):
+        return pipe(class_labels=[2, 8], generator=_gens([3, 4]), **sampling).codes
+
+    implicit = codes(default_pipe)
+    assert torch.equal(implicit, codes(default_pipe, guidance_scale=3.0, temperature=0.8))
+    assert not torch.equal(implicit, codes(default_pipe, guidance_scale=2.0, temperature=0.8))
+    assert not torch.equal(implicit, codes(default_pipe, guidance_scale=3.0, temperature=1.0))
     default_pipe.save_pretrained(tmp_path / "pipe")
     (tmp_path / "pipe/transformer/generation_config.json").unlink()
     plain = MergeVQPipeline.from_pretrained(tmp_path / "pipe")
     plain.set_progress_bar_config(disable=True)
     assert plain.transformer.generation_config.guidance_scale is None and plain.default_guidance_scale == 2.0
-    assert torch.equal(plain(class_labels=[2, 8], generator=_gens([3, 4])).codes, codes[2.0])
+    assert torch.equal(codes(plain), codes(default_pipe, guidance_scale=2.0, temperature=1.0))
 
 
 def test_sampling_defaults_come_from_the_generation_config(random_ar_pipe, tmp_path, capsys):
@@ -248,6 +254,29 @@ def test_cli_generate_writes_a_grid(tmp_path):
     )
     with Image.open(output) as grid:
         assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
+
+
+def test_readme_grid_is_what_the_first_command_writes(tmp_path):
+    """The grid shown at the top of the README (docs/digits.png) is the output of the README's first command, run
+    here with the same arguments (up to one grey level: another torch may round a decoded pixel differently)."""
+    import re
+    import shlex
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    command = re.search(r"mergevq (generate[^\n&]*)", first_block).group(1)
+    argv = shlex.split(command)
+    shown = re.search(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", readme).group(1)
+    output = argv[argv.index("--output") + 1]
+    assert Path(shown).name == output, f"the README shows {shown}, its first command writes {output}"
+    argv[argv.index("--output") + 1] = str(tmp_path / output)
+    assert cli_main(argv) == 0
+    with Image.open(tmp_path / output) as written, Image.open(root / shown) as committed:
+        a, b = np.asarray(written.convert("RGB"), np.int16), np.asarray(committed.convert("RGB"), np.int16)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
 
 
 def test_cli_reconstruct_side_by_side(tmp_path):
