@@ -132,14 +132,17 @@ def main(argv=None):
         grid = make_grid(generated[: rows * 10], ncols=10)
         grid.resize((grid.width * 4, grid.height * 4)).save(f"{args.grid_prefix}_{name}.png")
     print(json.dumps(report, indent=1))
-    print("\n| generator | steps | CFG | s / image (median, IQR) | recognised as requested |\n|---|---|---|---|---|")
+    print(
+        "\n| generator | steps | CFG | temperature | s / image (median, IQR) | recognised as requested |"
+        "\n|---|---|---|---|---|---|"
+    )
     for name, row in report["generators"].items():
         iqr = row["seconds_per_image_iqr"]
         print(
-            f"| {name} | {row['steps']} | {row['guidance_scale']} | {row['seconds_per_image_median']} "
-            f"({iqr[0]}-{iqr[1]}) | {row['recognised_as_requested']} |"
+            f"| {name} | {row['steps']} | {row['guidance_scale']} | {row['temperature']} "
+            f"| {row['seconds_per_image_median']} ({iqr[0]}-{iqr[1]}) | {row['recognised_as_requested']} |"
         )
-    print(f"| real held-out digits | | | | {report['classifier_accuracy_real_heldout']} |")
+    print(f"| real held-out digits | | | | | {report['classifier_accuracy_real_heldout']} |")
 
 
 if __name__ == "__main__":
