@@ -43,40 +43,6 @@ def test_decode_paths_agree(tiny_tokenizer):
     assert torch.equal(out.indices, enc.indices)
 
 
-def test_channels_last_gives_the_same_function(tiny_tokenizer):
-    """``model.to(memory_format=torch.channels_last)`` (the faster layout for convolutions): same codes and source,
-    the same reconstruction to float rounding, the same gradients, and the decoder's activations stay channels-last
-    through the depth-to-space upsamplers (a layout change there would undo it for every later level)."""
-    import copy
-
-    from mergevq_hf.models.tokenizer.modeling_mergevq import depth_to_space
-
-    x = torch.randn(2, 16, 5, 7)
-    cl = depth_to_space(x.contiguous(memory_format=torch.channels_last))
-    assert torch.equal(cl, depth_to_space(x)) and cl.is_contiguous(memory_format=torch.channels_last)
-    fast = copy.deepcopy(tiny_tokenizer).to(memory_format=torch.channels_last)
-    pixels = random_pixels(2, 32)
-    seen = []
-    hook = fast.decoder.conv_out.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    with torch.no_grad():
-        a, b = tiny_tokenizer.encode(pixels, num_tokens=20), fast.encode(pixels, num_tokens=20)
-        assert torch.equal(a.indices, b.indices) and torch.equal(a.source, b.source)
-        torch.testing.assert_close(
-            tiny_tokenizer.decode(a.indices, source=a.source), fast.decode(b.indices, source=b.source)
-        )
-    hook.remove()
-    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
-    grads = []
-    for model in (tiny_tokenizer, fast):
-        model.zero_grad()
-        model.train()
-        model(pixels, num_tokens=20).loss.backward()
-        model.eval()
-        grads.append(model.decoder.conv_in.weight.grad.clone())
-        model.zero_grad()
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
-
-
 def test_save_load_round_trip_identical(tmp_path, tiny_tokenizer):
     pixels = random_pixels(2, 32)
     tiny_tokenizer.save_pretrained(tmp_path)

@@ -237,14 +237,9 @@ class AdaptiveGroupNorm(nn.Module):
 
 
 def depth_to_space(x: torch.Tensor, block: int = 2) -> torch.Tensor:
-    """DCR depth-to-space: out[c, h*b + i, w*b + j] = in[(i*b + j) * C + c, h, w] (not pixel_shuffle's order).
-    A channels-last input gives a channels-last output (one copy), so a channels-last decoder stays so."""
+    """DCR depth-to-space: out[c, h*b + i, w*b + j] = in[(i*b + j) * C + c, h, w] (not pixel_shuffle's order)."""
     batch, channels, height, width = x.shape
     out = channels // block**2
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        # memory [B, H, W, (i, j, c)] -> [B, H, i, W, j, c]
-        x = x.permute(0, 2, 3, 1).reshape(batch, height, width, block, block, out).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(batch, height * block, width * block, out).permute(0, 3, 1, 2)
     x = x.view(batch, block, block, out, height, width).permute(0, 3, 4, 1, 5, 2)
     return x.reshape(batch, out, height * block, width * block)
 
