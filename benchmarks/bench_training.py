@@ -2,8 +2,9 @@
 LPIPS + entropy + commitment + source recovery, backward, Adam) and the generators (``mergear-b``, ``random-ar-b``,
 256 tokens, next-sub-token heads as their presets), each in fp32 and under bf16 autocast, eager and through
 ``torch.compile``. The variants of one model run interleaved (A, B, C, D, D, C, ...), each timing repeated; printed:
-median and interquartile range of the step time, samples/s, and the peak memory of each variant (CUDA: the
-allocator's peak; CPU: the process's peak RSS growth during that variant's first step, a lower bound).
+median and interquartile range of the step time, samples/s, and the peak memory of each variant during its
+second step, after the first one compiled (``timing.peak_memory``: CUDA, the allocator's peak above what was
+allocated before; CPU, the growth of the resident set).
 
     python benchmarks/bench_training.py [--device cuda] [--models tokenizer mergear random-ar] [--repeats 5]
         [--tokenizer-batch 4] [--generator-batch 8] [--no-compile] [--output-json runs/bench_training.json]
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import sys
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from mergevq_hf import (  # noqa: E402
     SourceRecoveryModel,
 )
 from mergevq_hf.training.losses import MergeVQLoss, MergeVQLossConfig  # noqa: E402
-from timing import interleaved, summary  # noqa: E402
+from timing import interleaved, peak_memory, summary  # noqa: E402
 
 
 def tokenizer_step(device: str, batch: int, resolution: int = 256):
@@ -94,10 +94,6 @@ def generator_step(kind: str, device: str, batch: int):
     return model, step, (lambda module: module), None
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -135,12 +131,8 @@ def main(argv=None):
                         step(forward)
 
                 key = f"{precision}/{mode}"
-                # first call: compilation + peak memory of this variant (not timed)
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                before = peak_rss_mib()
-                run()
-                memory[key] = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib() - before
+                run()  # first call: compilation (not timed, not measured)
+                memory[key] = peak_memory(run, device)[1] / 2**20  # second call: peak memory of this variant
                 variants[key] = run
         seconds = interleaved(variants, args.repeats, device=device, warmup=0)
         rows = {}
