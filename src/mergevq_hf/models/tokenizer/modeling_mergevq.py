@@ -95,15 +95,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        if torch.is_grad_enabled():
-            h = self.conv1(F.silu(self.norm1(x)))
-            h = self.conv2(F.silu(self.norm2(h)))
-            return h + shortcut
-        # without autograd (encode / decode under no_grad or inference_mode): the same values, computed in place,
-        # three full-resolution temporaries fewer per block
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h = self.conv2(F.silu(self.norm2(h), inplace=True))
-        return h.add_(shortcut)
+        # without autograd (encode / decode under no_grad or inference_mode) SiLU and the residual add run in place:
+        # the same values, three full-resolution temporaries fewer per block
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
+        return h.add_(shortcut) if inplace else h + shortcut
 
 
 class DropPath(nn.Module):
