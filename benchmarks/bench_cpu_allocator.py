@@ -5,7 +5,8 @@ largest mmap threshold (32 MiB), so with the default settings each one is a fres
 (minor page faults, zeroed by the kernel) and unmapped again when it is freed. The settings compared here keep freed
 memory in the heap instead. They are process settings, read when the process starts, so each variant runs in its
 own child process; children of the variants alternate (A B C, C B A, ...) ``--rounds`` times so that a noisy machine
-slows them alike, and each child times ``--repeats`` calls of each stage after one warm-up call::
+slows them alike, and each child times ``--repeats`` calls of each stage (``timing.interleaved``: encode and decode
+alternate, after one untimed round)::
 
     python benchmarks/bench_cpu_allocator.py [--rounds 3] [--repeats 3] [--batch 4] [--resolution 256]
         [--threads 2] [--output runs/bench-cpu-allocator.json]
@@ -30,14 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import summary  # noqa: E402
+from timing import interleaved, summary  # noqa: E402
 
 HEAP = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 
 
 def child(args) -> None:
-    import time
-
     import torch
 
     from mergevq_hf import MergeVQConfig, MergeVQModel
@@ -48,20 +47,24 @@ def child(args) -> None:
     config = MergeVQConfig.from_preset("mergevq-gr-d64", resolution=args.resolution, num_tokens=min(144, grid * grid))
     model = MergeVQModel(config).eval()
     pixels = torch.rand(args.batch, 3, args.resolution, args.resolution) * 2 - 1
-    result = {}
+    faults = {"encode": [], "decode": []}
+
+    def counting(name, fn):
+        def call():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fn()
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+        return call
+
     with torch.inference_mode():
         enc = model.encode(pixels)
-        stages = {"encode": lambda: model.encode(pixels), "decode": lambda: model.decode(enc.indices, enc.source)}
-        for name, fn in stages.items():
-            fn()
-            seconds, faults = [], []
-            for _ in range(args.repeats):
-                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                start = time.perf_counter()
-                fn()
-                seconds.append(time.perf_counter() - start)
-                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-            result[name] = {"seconds": seconds, "minor_faults": faults}
+        stages = {
+            "encode": counting("encode", lambda: model.encode(pixels)),
+            "decode": counting("decode", lambda: model.decode(enc.indices, enc.source)),
+        }
+        seconds = interleaved(stages, args.repeats)  # one untimed warm-up round first
+    result = {name: {"seconds": seconds[name], "minor_faults": faults[name][1:]} for name in stages}
     print(json.dumps(result))
 
 
