@@ -100,8 +100,8 @@ def main(argv=None) -> None:
     )
     results = {"device": args.device, "torch": torch.__version__, "size": args.size, "results": []}
     cuda = args.device.startswith("cuda")
+    num_classes = min(pipe.transformer.config.num_classes for pipe in pipes.values())
     for batch in batch_sizes:
-        num_classes = min(pipe.transformer.config.num_classes for pipe in pipes.values())
         labels = [i % num_classes for i in range(batch)]
 
         def call(name, labels=labels):

@@ -3,7 +3,8 @@
 # step at paper sizes, ours vs the official tokenizer, the MergeAR decode step (pruned vs dense cache), MergeAR
 # generation (dynamic / static / CUDA graphs) and the end-to-end pipeline images/s of the three generators at B=1 and
 # B=64 with CFG. Each benchmark's stdout goes to $OUT/<name>.log; one JSON ($OUT/gpu_suite.json) holds, per
-# benchmark, the command, exit status, seconds, the JSON the benchmark wrote (where it writes one) and its log. A failing benchmark is recorded and the suite goes on.
+# benchmark, the command, exit status, seconds, the JSON the benchmark wrote (where it writes one) and its log. A
+# failing benchmark is recorded and the suite goes on.
 #
 #   OUT=runs/gpu OFFICIAL=/path/to/ApexGen-X/MergeVQ-checkout bash benchmarks/gpu_suite.sh
 #
@@ -28,6 +29,7 @@ run() {  # run NAME TIMEOUT_S CMD...: stdout+stderr to $OUT/NAME.log, status and
     local name=$1 limit=$2
     shift 2
     local start=$SECONDS
+    rm -f "$OUT/$name.json"  # a result left by an earlier run must not be reported as this run's
     echo "== $name: $*"
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
